@@ -1,0 +1,53 @@
+# Headrace developer entry points. `make demo` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test test-fast lint format bench kafka-up kafka-down postgres-up postgres-down clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/python -m examples.demo
+
+test: install lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test-fast: install
+	$(BIN)/pytest -q -m "not kafka and not postgres and not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python -m tests.bench.kafka_throughput
+
+kafka-up: install
+	bash docker/local-kafka/kafka-local.sh fetch
+	bash docker/local-kafka/kafka-local.sh start
+
+kafka-down:
+	bash docker/local-kafka/kafka-local.sh stop
+
+postgres-up:
+	bash docker/local-postgres.sh install
+	bash docker/local-postgres.sh start
+
+postgres-down:
+	bash docker/local-postgres.sh stop
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,47 @@
+"""Accumulators: named inputs that turn raw events into boundary values for reactors."""
+
+from accumulators.channel import Ack, Channel, Envelope
+from accumulators.decorators import (
+    batch_accumulator,
+    passthrough_accumulator,
+    polling_accumulator,
+    stream_accumulator,
+)
+from accumulators.durations import DurationError, parse_duration
+from accumulators.registry import (
+    clear_accumulators,
+    get_accumulator,
+    register_accumulator,
+    registered_accumulators,
+    unregister_accumulator,
+)
+from accumulators.runners import AccumulatorRunner, BatchRunner, PollingRunner, make_runner
+from accumulators.spec import (
+    AccumulatorInputError,
+    AccumulatorKind,
+    AccumulatorSpec,
+)
+
+__all__ = [
+    "AccumulatorInputError",
+    "AccumulatorKind",
+    "AccumulatorRunner",
+    "AccumulatorSpec",
+    "Ack",
+    "BatchRunner",
+    "Channel",
+    "DurationError",
+    "Envelope",
+    "PollingRunner",
+    "batch_accumulator",
+    "clear_accumulators",
+    "get_accumulator",
+    "make_runner",
+    "parse_duration",
+    "passthrough_accumulator",
+    "polling_accumulator",
+    "register_accumulator",
+    "registered_accumulators",
+    "stream_accumulator",
+    "unregister_accumulator",
+]

@@ -1,0 +1,107 @@
+"""Bounded channels that carry delivered values from an accumulator to a reactor."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+Ack = Callable[[], None]
+"""Called exactly once when the value that carries it has been fully handled."""
+
+_delivery_order = itertools.count()
+
+
+def settle(acks: Iterable[Ack]) -> None:
+    """Mark every ack done."""
+    for ack in acks:
+        ack()
+
+
+class SharedAck:
+    """Fans one set of acks out to ``parts`` holders; settles them when the last part is done."""
+
+    __slots__ = ("_acks", "_remaining")
+
+    def __init__(self, acks: tuple[Ack, ...], parts: int) -> None:
+        self._acks = acks
+        self._remaining = parts
+
+    def __call__(self) -> None:
+        self._remaining -= 1
+        if self._remaining == 0:
+            settle(self._acks)
+
+
+@dataclass(slots=True)
+class Envelope:
+    """One delivered boundary value, its source accumulator and its completion acks."""
+
+    accumulator: str
+    value: Any
+    acks: tuple[Ack, ...] = ()
+    seq: int = field(default_factory=lambda: next(_delivery_order))
+
+    def settle(self) -> None:
+        settle(self.acks)
+
+
+class Channel:
+    """A bounded FIFO from one accumulator to one reactor.
+
+    Producers either ``await put`` (waits while full) or check ``has_space`` and call
+    ``put_nowait``; the reactor is woken through ``on_put``. ``on_space`` listeners run
+    when an item is taken, so a paused Kafka source can resume.
+    """
+
+    def __init__(self, accumulator: str, maxsize: int = 1024) -> None:
+        if maxsize < 1:
+            raise ValueError(f"channel for accumulator {accumulator!r}: maxsize must be >= 1")
+        self.accumulator = accumulator
+        self.maxsize = maxsize
+        self._items: deque[Envelope] = deque()
+        self._space = asyncio.Event()
+        self._space.set()
+        self.on_put: Callable[[], None] = lambda: None
+        self._space_listeners: list[Callable[[], None]] = []
+        self.high_water = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def depth(self) -> int:
+        return len(self._items)
+
+    def has_space(self) -> bool:
+        return len(self._items) < self.maxsize
+
+    def put_nowait(self, envelope: Envelope) -> None:
+        if not self.has_space():
+            raise asyncio.QueueFull(f"channel {self.accumulator!r} is full ({self.maxsize})")
+        self._items.append(envelope)
+        self.high_water = max(self.high_water, len(self._items))
+        if not self.has_space():
+            self._space.clear()
+        self.on_put()
+
+    async def put(self, envelope: Envelope) -> None:
+        while not self.has_space():
+            await self._space.wait()
+        self.put_nowait(envelope)
+
+    def peek(self) -> Envelope | None:
+        return self._items[0] if self._items else None
+
+    def take(self) -> Envelope:
+        envelope = self._items.popleft()
+        self._space.set()
+        for listener in self._space_listeners:
+            listener()
+        return envelope
+
+    def add_space_listener(self, listener: Callable[[], None]) -> None:
+        self._space_listeners.append(listener)

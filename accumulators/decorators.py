@@ -1,0 +1,87 @@
+"""The four accumulator decorators of the Python surface."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from accumulators.registry import register_accumulator
+from accumulators.spec import DEFAULT_CHANNEL_SIZE, AccumulatorKind, make_spec
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _declare(kind: AccumulatorKind, **settings: Any) -> Callable[[F], F]:
+    def decorate(fn: F) -> F:
+        spec = make_spec(fn, kind, **settings)
+        register_accumulator(spec)
+        fn.__headrace_accumulator__ = spec  # type: ignore[attr-defined]
+        return fn
+
+    return decorate
+
+
+@overload
+def passthrough_accumulator(fn: F) -> F: ...
+@overload
+def passthrough_accumulator(
+    *, name: str | None = None, channel_size: int = DEFAULT_CHANNEL_SIZE
+) -> Callable[[F], F]: ...
+def passthrough_accumulator(
+    fn: Any = None, *, name: str | None = None, channel_size: int = DEFAULT_CHANNEL_SIZE
+) -> Any:
+    """Values pushed through ``Runtime.push`` or the worker's HTTP/WebSocket endpoints."""
+    decorate = _declare(AccumulatorKind.PASSTHROUGH, name=name, channel_size=channel_size)
+    return decorate(fn) if fn is not None else decorate
+
+
+def stream_accumulator(
+    *,
+    topic: str,
+    group: str | None = None,
+    type: str = "kafka",
+    name: str | None = None,
+    channel_size: int = DEFAULT_CHANNEL_SIZE,
+) -> Callable[[F], F]:
+    """One Kafka topic; each decoded message goes through the function (``None`` drops it)."""
+    return _declare(
+        AccumulatorKind.STREAM,
+        topic=topic,
+        group=group,
+        source_type=type,
+        name=name,
+        channel_size=channel_size,
+    )
+
+
+def polling_accumulator(
+    *,
+    interval: str | float = "5s",
+    name: str | None = None,
+    channel_size: int = DEFAULT_CHANNEL_SIZE,
+) -> Callable[[F], F]:
+    """Calls the function every ``interval``; a non-``None`` result is delivered."""
+    return _declare(
+        AccumulatorKind.POLLING, interval=interval, name=name, channel_size=channel_size
+    )
+
+
+def batch_accumulator(
+    *,
+    flush_interval: str | float = "1s",
+    max_buffer_size: int | None = None,
+    topic: str | None = None,
+    group: str | None = None,
+    name: str | None = None,
+    channel_size: int = DEFAULT_CHANNEL_SIZE,
+) -> Callable[[F], F]:
+    """Buffers events and flushes them as a list on ``flush_interval`` or ``max_buffer_size``."""
+    return _declare(
+        AccumulatorKind.BATCH,
+        flush_interval=flush_interval,
+        max_buffer_size=max_buffer_size,
+        topic=topic,
+        group=group,
+        name=name,
+        channel_size=channel_size,
+    )

@@ -1,0 +1,275 @@
+"""Running accumulators: they turn events into values and deliver them into channels."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from accumulators.channel import Ack, Channel, Envelope, SharedAck, settle
+from accumulators.spec import AccumulatorInputError, AccumulatorKind, AccumulatorSpec
+
+log = structlog.get_logger("headrace.accumulators")
+
+DEFAULT_BATCH_CAP = 65_536
+"""A batch without ``max_buffer_size`` still flushes at this many buffered events."""
+
+
+class AccumulatorRunner:
+    """Delivers values of one accumulator into the channels of the reactors watching it."""
+
+    def __init__(self, spec: AccumulatorSpec, channels: list[Channel]) -> None:
+        self.spec = spec
+        self.channels = channels
+        self.events_in = 0
+        self.delivered = 0
+        self.filtered = 0
+        self.errors = 0
+        self.last_value: Any = None
+        self.last_delivered_at: float | None = None
+        self.on_delivered: Callable[[str, Any], None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    # -- turning events into values -------------------------------------------------
+    def transform(self, event: Any) -> Any:
+        """Validate and apply a sync accumulator function; errors name the accumulator."""
+        self.events_in += 1
+        validated = self.spec.validate(event)
+        try:
+            return self.spec.fn(validated)
+        except Exception as error:
+            self.errors += 1
+            raise AccumulatorInputError(self.name, f"function raised {error!r}") from error
+
+    async def transform_async(self, event: Any) -> Any:
+        if not self.spec.is_async:
+            return self.transform(event)
+        self.events_in += 1
+        validated = self.spec.validate(event)
+        try:
+            return await self.spec.fn(validated)
+        except Exception as error:
+            self.errors += 1
+            raise AccumulatorInputError(self.name, f"function raised {error!r}") from error
+
+    # -- delivering values -----------------------------------------------------------
+    def has_space(self) -> bool:
+        return all(channel.has_space() for channel in self.channels)
+
+    def _envelopes(self, value: Any, acks: tuple[Ack, ...]) -> list[tuple[Channel, Envelope]]:
+        self.delivered += 1
+        self.last_value = value
+        self.last_delivered_at = time.time()
+        if self.on_delivered is not None:
+            self.on_delivered(self.name, value)
+        if len(self.channels) > 1 and acks:
+            acks = (SharedAck(acks, len(self.channels)),)
+        return [(channel, Envelope(self.name, value, acks)) for channel in self.channels]
+
+    def deliver_nowait(self, value: Any, acks: tuple[Ack, ...] = ()) -> None:
+        """Deliver without waiting; callers check ``has_space`` first."""
+        if value is None:
+            self.filtered += 1
+            settle(acks)
+            return
+        if not self.channels:
+            settle(acks)
+            return
+        for channel, envelope in self._envelopes(value, acks):
+            channel.put_nowait(envelope)
+
+    async def deliver(self, value: Any, acks: tuple[Ack, ...] = ()) -> None:
+        """Deliver, waiting while a channel is full (backpressure)."""
+        if value is None:
+            self.filtered += 1
+            settle(acks)
+            return
+        if not self.channels:
+            settle(acks)
+            return
+        for channel, envelope in self._envelopes(value, acks):
+            await channel.put(envelope)
+
+    def offer_nowait(self, event: Any, acks: tuple[Ack, ...] = ()) -> None:
+        """Transform one event and deliver it now (sync functions only)."""
+        self.deliver_nowait(self.transform(event), acks)
+
+    async def offer(self, event: Any, acks: tuple[Ack, ...] = ()) -> None:
+        """Transform one event and deliver it, waiting for channel space."""
+        await self.deliver(await self.transform_async(event), acks)
+
+    def restore(self, value: Any) -> None:
+        """Re-deliver a value remembered from before a restart (state store)."""
+        self.deliver_nowait(value)
+
+    async def start(self) -> None:
+        """Start background work; plain accumulators have none."""
+
+    async def stop(self) -> None:
+        """Stop background work, flushing what is buffered."""
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "kind": self.spec.kind.value,
+            "topic": self.spec.topic,
+            "events_in": self.events_in,
+            "delivered": self.delivered,
+            "filtered": self.filtered,
+            "errors": self.errors,
+            "channel_depth": max((c.depth for c in self.channels), default=0),
+            "channel_capacity": self.spec.channel_size,
+            "last_delivered_at": self.last_delivered_at,
+        }
+
+
+class PollingRunner(AccumulatorRunner):
+    """Calls the function every ``interval`` seconds and delivers non-``None`` results."""
+
+    def __init__(self, spec: AccumulatorSpec, channels: list[Channel]) -> None:
+        super().__init__(spec, channels)
+        self._task: asyncio.Task[None] | None = None
+
+    async def poll_once(self) -> None:
+        self.events_in += 1
+        try:
+            if self.spec.is_async:
+                value = await self.spec.fn()
+            else:
+                value = await asyncio.to_thread(self.spec.fn)
+        except Exception as error:
+            self.errors += 1
+            log.error("polling function failed", accumulator=self.name, error=repr(error))
+            return
+        await self.deliver(value)
+
+    async def _loop(self) -> None:
+        interval = self.spec.interval or 5.0
+        while True:
+            started = time.monotonic()
+            await self.poll_once()
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"poll:{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+class BatchRunner(AccumulatorRunner):
+    """Buffers events; flushes them as one list on an interval, at ``max_buffer_size``, on stop."""
+
+    def __init__(self, spec: AccumulatorSpec, channels: list[Channel]) -> None:
+        super().__init__(spec, channels)
+        self.capacity = spec.max_buffer_size or DEFAULT_BATCH_CAP
+        self._events: list[Any] = []
+        self._acks: list[Ack] = []
+        self._flushing = 0
+        self._task: asyncio.Task[None] | None = None
+        self._pending_flushes: set[asyncio.Task[None]] = set()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._events)
+
+    def has_space(self) -> bool:
+        return self._flushing == 0 and len(self._events) < self.capacity and super().has_space()
+
+    def _add(self, event: Any, acks: tuple[Ack, ...]) -> None:
+        self.events_in += 1
+        validated = self.spec.model.model_validate(event) if self.spec.model else event
+        self._events.append(validated)
+        self._acks.extend(acks)
+
+    def _validated_add(self, event: Any, acks: tuple[Ack, ...]) -> None:
+        try:
+            self._add(event, acks)
+        except Exception as error:
+            self.errors += 1
+            model = self.spec.model.__name__ if self.spec.model else "model"
+            raise AccumulatorInputError(self.name, f"does not match {model}: {error}") from error
+
+    def offer_nowait(self, event: Any, acks: tuple[Ack, ...] = ()) -> None:
+        self._validated_add(event, acks)
+        if len(self._events) >= self.capacity:
+            task = asyncio.get_running_loop().create_task(self.flush())
+            self._pending_flushes.add(task)
+            task.add_done_callback(self._pending_flushes.discard)
+
+    async def offer(self, event: Any, acks: tuple[Ack, ...] = ()) -> None:
+        self._validated_add(event, acks)
+        if len(self._events) >= self.capacity:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Turn everything buffered into one value and deliver it."""
+        if not self._events:
+            return
+        events, acks = self._events, tuple(self._acks)
+        self._events, self._acks = [], []
+        self._flushing += 1
+        try:
+            try:
+                result = self.spec.fn(events)
+                if asyncio.iscoroutine(result):
+                    result = await result
+            except Exception as error:
+                self.errors += 1
+                log.error(
+                    "batch function failed",
+                    accumulator=self.name,
+                    size=len(events),
+                    error=repr(error),
+                )
+                raise AccumulatorInputError(
+                    self.name, f"batch function raised {error!r}"
+                ) from error
+            await self.deliver(result, acks)
+        finally:
+            self._flushing -= 1
+
+    async def _loop(self) -> None:
+        interval = self.spec.flush_interval or 1.0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.flush()
+            except AccumulatorInputError:
+                continue
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"batch:{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._pending_flushes:
+            await asyncio.gather(*self._pending_flushes, return_exceptions=True)
+        with contextlib.suppress(AccumulatorInputError):
+            await self.flush()
+
+    def health(self) -> dict[str, Any]:
+        return {**super().health(), "buffered": self.buffered}
+
+
+def make_runner(spec: AccumulatorSpec, channels: list[Channel]) -> AccumulatorRunner:
+    """The runner class that fits the accumulator's kind."""
+    runner_class = {
+        AccumulatorKind.POLLING: PollingRunner,
+        AccumulatorKind.BATCH: BatchRunner,
+    }.get(spec.kind, AccumulatorRunner)
+    return runner_class(spec, channels)

@@ -1,0 +1,64 @@
+"""Dead letters: inputs that could not be handled, kept with the reason instead of dropped."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+log = structlog.get_logger("headrace.dead_letters")
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One input that was given up on, and why.
+
+    ``kind`` is ``"message"`` (undecodable or invalid input) or ``"execution"`` (a graph
+    execution that kept failing).
+    """
+
+    kind: str
+    reason: str
+    payload: Any
+    accumulator: str | None = None
+    graph: str | None = None
+    node: str | None = None
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DeadLetterSink(Protocol):
+    """Where dead letters go; ``send`` returns once the letter is durable."""
+
+    async def send(self, letter: DeadLetter) -> None: ...
+
+
+class MemoryDeadLetters:
+    """Keeps dead letters in memory (default for in-process runtimes and tests)."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.letters: list[DeadLetter] = []
+        self.limit = limit
+
+    async def send(self, letter: DeadLetter) -> None:
+        log.warning("dead letter", **{k: v for k, v in letter.as_dict().items() if k != "payload"})
+        self.letters.append(letter)
+        del self.letters[: -self.limit]
+
+
+class FanOutDeadLetters:
+    """Sends each dead letter to every destination in turn."""
+
+    def __init__(self, *destinations: DeadLetterSink) -> None:
+        self.destinations = destinations
+
+    async def send(self, letter: DeadLetter) -> None:
+        for destination in self.destinations:
+            await destination.send(letter)

@@ -1,0 +1,188 @@
+"""``ComputationGraphBuilder``: declare a graph's topology and its ``@node`` functions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import TracebackType
+from typing import Any
+
+from accumulators import parse_duration
+from engine.errors import GraphDefinitionError
+from engine.executor import GraphExecutor
+from engine.nodes import NodeCollector, NodeFunction, pop_builder, push_builder
+from engine.registry import register_graph
+from engine.topology import Topology, parse_topology
+from reactors import ReactorSpec, find_reactor, reactor_name_of
+
+
+class OnError(StrEnum):
+    DEAD_LETTER = "dead_letter"
+    STOP = "stop"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a failing execution is tried, and how long to wait between tries."""
+
+    attempts: int = 1
+    backoff: float = 0.1
+    max_backoff: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"retry attempts must be >= 1, got {self.attempts}")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed ``attempt`` (1-based): exponential, capped."""
+        return min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+
+
+@dataclass
+class ComputationGraph:
+    """A registered graph: its topology, executor, reactor binding and error policy."""
+
+    name: str
+    reactor_name: str
+    topology: Topology
+    executor: GraphExecutor
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    on_error: OnError = OnError.DEAD_LETTER
+
+    def check_reactor(self, spec: ReactorSpec) -> None:
+        """Entry inputs must be accumulators the reactor watches."""
+        foreign = [i for i in self.topology.input_names if i not in spec.accumulators]
+        if foreign:
+            node = next(
+                n
+                for n in self.topology.entries
+                if any(i in foreign for i in self.topology.shapes[n].inputs)
+            )
+            raise GraphDefinitionError(
+                self.name,
+                f"inputs {foreign} are not accumulators of reactor {spec.name!r} "
+                f"(it watches {list(spec.accumulators)})",
+                node,
+            )
+
+    async def execute_async(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        self.executor.check_inputs(inputs)
+        return await self.executor.run(inputs)
+
+    def execute(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        self.executor.check_inputs(inputs)
+        if not self.executor.is_async:
+            return self.executor.run_sync(inputs)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.executor.run(inputs))
+        raise RuntimeError(
+            f"graph {self.name!r}: execute() called inside a running event loop; "
+            "use 'await builder.execute_async(inputs)'"
+        )
+
+
+class ComputationGraphBuilder(NodeCollector):
+    """Context manager that collects ``@node`` functions and checks them on exit.
+
+    ``graph`` maps node names to ``{"inputs": [...]}``, ``{"next": ...}``,
+    ``{"routes": {"Variant": ...}}`` or ``{}`` (terminal). ``reactor`` is a ``@reactor``
+    class or a reactor's name (binding across modules).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        reactor: Any,
+        graph: Mapping[str, Any],
+        retry: RetryPolicy | None = None,
+        retry_attempts: int | None = None,
+        retry_backoff: str | float | None = None,
+        on_error: str = "dead_letter",
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise GraphDefinitionError(str(name), "graph name must be a non-empty string")
+        self.name = name
+        self.reactor_name = reactor_name_of(reactor)
+        self.topology = parse_topology(name, graph)
+        self.functions: dict[str, NodeFunction] = {}
+        try:
+            self.on_error = OnError(on_error)
+        except ValueError:
+            raise GraphDefinitionError(
+                name, f"on_error must be 'dead_letter' or 'stop', got {on_error!r}"
+            ) from None
+        if retry is None:
+            retry = RetryPolicy(
+                attempts=retry_attempts or 1,
+                backoff=parse_duration(retry_backoff, f"graph {name!r} retry_backoff")
+                if retry_backoff is not None
+                else 0.1,
+            )
+        self.retry = retry
+        self.graph: ComputationGraph | None = None
+
+    def __enter__(self) -> ComputationGraphBuilder:
+        push_builder(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pop_builder(self)
+        if exc_type is None:
+            self.graph = self.build()
+
+    def add_node(self, name: str, fn: Any, thread: bool = False) -> None:
+        """Attach a node function without the decorator (used by config files)."""
+        self.functions[name] = NodeFunction(name, fn, thread)
+
+    def build(self) -> ComputationGraph:
+        """Check nodes against the topology and the reactor, then register the graph."""
+        missing = [n for n in self.topology.order if n not in self.functions]
+        if missing:
+            raise GraphDefinitionError(
+                self.name, "the topology names it but no @node function defines it", missing[0]
+            )
+        extra = [n for n in self.functions if n not in self.topology.shapes]
+        if extra:
+            raise GraphDefinitionError(
+                self.name, "@node function does not appear in the graph topology", extra[0]
+            )
+        graph = ComputationGraph(
+            name=self.name,
+            reactor_name=self.reactor_name,
+            topology=self.topology,
+            executor=GraphExecutor(self.topology, self.functions),
+            retry=self.retry,
+            on_error=self.on_error,
+        )
+        spec = find_reactor(self.reactor_name)
+        if spec is not None:
+            graph.check_reactor(spec)
+        register_graph(graph)
+        return graph
+
+    def _built(self) -> ComputationGraph:
+        if self.graph is None:
+            raise RuntimeError(
+                f"graph {self.name!r} is not built yet: leave the 'with' block first"
+            )
+        return self.graph
+
+    def execute(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Run the graph once; returns ``{terminal_node: output}`` for terminals that ran."""
+        return self._built().execute(inputs)
+
+    async def execute_async(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._built().execute_async(inputs)
+
+    def __repr__(self) -> str:
+        return f"ComputationGraphBuilder(name={self.name!r}, nodes={len(self.topology.order)})"

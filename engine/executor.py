@@ -1,0 +1,173 @@
+"""Runs a checked graph once: entry nodes get accumulator values, outputs flow along edges."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from engine.errors import GraphDefinitionError, NodeExecutionError, RoutingError
+from engine.nodes import NodeFunction
+from engine.topology import NodeShape, Topology
+
+_SKIPPED = object()
+
+
+class GraphExecutor:
+    """Executes a topology with its node functions and returns ``{terminal: output}``.
+
+    A node runs when it is an entry node, or when at least one parent passed it a value
+    (through ``next`` or the route it chose). A node with one parent gets that value as
+    its only argument; a node with several parents gets keyword arguments named after the
+    parents (``None`` for a parent that did not pass it anything). All-sync graphs run in
+    a plain loop; graphs with async nodes run independent branches concurrently.
+    """
+
+    def __init__(self, topology: Topology, functions: Mapping[str, NodeFunction]) -> None:
+        self.topology = topology
+        self.functions = dict(functions)
+        self.graph = topology.graph
+        self._check_signatures()
+        self.is_async = any(f.is_async or f.thread for f in self.functions.values())
+
+    def _check_signatures(self) -> None:
+        for name in self.topology.order:
+            shape = self.topology.shapes[name]
+            signature = inspect.signature(self.functions[name].fn)
+            try:
+                if shape.is_entry:
+                    signature.bind(**dict.fromkeys(shape.inputs))
+                elif len(self.topology.parents[name]) == 1:
+                    signature.bind(None)
+                else:
+                    signature.bind(**dict.fromkeys(self.topology.parents[name]))
+            except TypeError as error:
+                expected = (
+                    f"keyword parameters {list(shape.inputs)} (its inputs)"
+                    if shape.is_entry
+                    else "one argument (its parent's output)"
+                    if len(self.topology.parents[name]) == 1
+                    else f"keyword parameters {list(self.topology.parents[name])} (its parents)"
+                )
+                raise GraphDefinitionError(
+                    self.graph,
+                    f"function signature {signature} cannot take {expected}: {error}",
+                    name,
+                ) from None
+
+    # -- arguments and routing ---------------------------------------------------------
+    def _call_args(
+        self, shape: NodeShape, inputs: Mapping[str, Any], received: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if shape.is_entry:
+            return (), {name: inputs.get(name) for name in shape.inputs}
+        parents = self.topology.parents[shape.name]
+        if len(parents) == 1:
+            return (received[parents[0]],), {}
+        return (), {p: received.get(p) for p in parents}
+
+    def _dispatch(
+        self,
+        shape: NodeShape,
+        output: Any,
+        edges: dict[str, dict[str, Any]],
+        results: dict[str, Any],
+    ) -> None:
+        if shape.routes:
+            if not (isinstance(output, tuple) and len(output) == 2 and output[0] in shape.routes):
+                variants = sorted(shape.routes)
+                raise RoutingError(
+                    self.graph,
+                    shape.name,
+                    f"a routing node must return (variant, payload) with variant in {variants}, "
+                    f"got {_preview(output)}",
+                )
+            variant, payload = output
+            for target in shape.routes[variant]:
+                edges.setdefault(target, {})[shape.name] = payload
+        elif shape.next:
+            for target in shape.next:
+                edges.setdefault(target, {})[shape.name] = output
+        else:
+            results[shape.name] = output
+
+    def check_inputs(self, inputs: Mapping[str, Any]) -> None:
+        unknown = sorted(set(inputs) - set(self.topology.input_names))
+        if unknown:
+            raise ValueError(
+                f"graph {self.graph!r}: unknown inputs {unknown}; "
+                f"expected some of {list(self.topology.input_names)}"
+            )
+
+    # -- running -------------------------------------------------------------------------
+    def run_sync(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Run an all-sync graph in topological order, without an event loop."""
+        edges: dict[str, dict[str, Any]] = {}
+        results: dict[str, Any] = {}
+        for name in self.topology.order:
+            shape = self.topology.shapes[name]
+            received = edges.get(name)
+            if not shape.is_entry and not received:
+                continue
+            args, kwargs = self._call_args(shape, inputs, received or {})
+            try:
+                output = self.functions[name].fn(*args, **kwargs)
+            except Exception as error:
+                raise NodeExecutionError(self.graph, name, f"raised {error!r}") from error
+            self._dispatch(shape, output, edges, results)
+        return results
+
+    async def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Run the graph; independent async branches run concurrently."""
+        if not self.is_async:
+            return self.run_sync(inputs)
+        edges: dict[str, dict[str, Any]] = {}
+        results: dict[str, Any] = {}
+        finished: dict[str, asyncio.Future[None]] = {
+            name: asyncio.get_running_loop().create_future() for name in self.topology.order
+        }
+
+        async def run_node(name: str) -> None:
+            try:
+                parents = self.topology.parents[name]
+                if parents:
+                    await asyncio.gather(*(finished[p] for p in parents))
+                shape = self.topology.shapes[name]
+                received = edges.get(name)
+                if shape.is_entry or received:
+                    args, kwargs = self._call_args(shape, inputs, received or {})
+                    output = await self._call(name, args, kwargs)
+                    self._dispatch(shape, output, edges, results)
+                finished[name].set_result(None)
+            except BaseException as error:
+                finished[name].set_exception(error)
+                raise
+
+        tasks = [asyncio.create_task(run_node(name)) for name in self.topology.order]
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        for future in finished.values():
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved here; the first failure is raised below
+        for outcome in outcomes:  # topological order: the root failure comes first
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return results
+
+    async def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        function = self.functions[name]
+        try:
+            if function.is_async:
+                return await function.fn(*args, **kwargs)
+            if function.thread:
+                return await asyncio.to_thread(function.fn, *args, **kwargs)
+            return function.fn(*args, **kwargs)
+        except NodeExecutionError:
+            raise
+        except Exception as error:
+            raise NodeExecutionError(self.graph, name, f"raised {error!r}") from error
+
+
+def _preview(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

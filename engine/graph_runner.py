@@ -1,0 +1,118 @@
+"""Runs one graph for one fire: retries, sinks, dead letters, the ``on_error`` policy."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from connectors.dead_letters import DeadLetter, DeadLetterSink
+from connectors.sinks import Sink
+from engine.builder import ComputationGraph, OnError
+from engine.errors import GraphHalted, NodeExecutionError
+from engine.observers import ExecutionRecord, Observers
+from reactors import Fire
+
+log = structlog.get_logger("headrace.graphs")
+
+
+class GraphRunner:
+    """Executes a graph on each fire and hands its outputs to every sink.
+
+    An attempt is the execution plus delivery to the sinks; a failed attempt is retried
+    per the graph's ``RetryPolicy``. When attempts run out the execution is dead-lettered
+    (its inputs count as handled) or, with ``on_error = "stop"``, ``GraphHalted`` is raised.
+    """
+
+    def __init__(
+        self,
+        graph: ComputationGraph,
+        sinks: Sequence[Sink],
+        dead_letters: DeadLetterSink,
+        observers: Observers,
+    ) -> None:
+        self.graph = graph
+        self.sinks = list(sinks)
+        self.dead_letters = dead_letters
+        self.observers = observers
+        self.executions = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self.last_duration: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.graph.name
+
+    async def _attempt(self, inputs: dict[str, Any]) -> None:
+        outputs = await self.graph.executor.run(inputs)
+        if outputs:
+            for sink in self.sinks:
+                await sink.send(self.name, outputs)
+
+    async def run(self, fire: Fire) -> None:
+        started, clock = time.time(), time.perf_counter()
+        policy = self.graph.retry
+        error: Exception | None = None
+        attempt = 0
+        for attempt in range(1, policy.attempts + 1):
+            try:
+                await self._attempt(fire.inputs)
+                error = None
+                break
+            except Exception as failure:
+                error = failure
+                log.warning(
+                    "graph execution failed",
+                    graph=self.name,
+                    attempt=attempt,
+                    attempts=policy.attempts,
+                    error=str(failure),
+                )
+                if attempt < policy.attempts:
+                    await asyncio.sleep(policy.delay(attempt))
+        self.executions += 1
+        self.last_duration = time.perf_counter() - clock
+        node = error.node if isinstance(error, NodeExecutionError) else None
+        self.observers.on_execution(
+            ExecutionRecord(
+                graph=self.name,
+                reactor=self.graph.reactor_name,
+                fire=fire.number,
+                started_at=started,
+                duration=self.last_duration,
+                status="ok" if error is None else "failed",
+                attempts=attempt,
+                error=None if error is None else str(error),
+                node=node,
+            )
+        )
+        if error is not None:
+            await self._give_up(fire, error, node)
+
+    async def _give_up(self, fire: Fire, error: Exception, node: str | None) -> None:
+        self.failures += 1
+        self.last_error = str(error)
+        if self.graph.on_error is OnError.STOP:
+            raise GraphHalted(f"graph {self.name!r} halted (on_error=stop): {error}") from error
+        letter = DeadLetter(
+            kind="execution",
+            reason=str(error),
+            payload=fire.inputs,
+            graph=self.name,
+            node=node,
+        )
+        await self.dead_letters.send(letter)
+        self.observers.on_dead_letter(letter)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "reactor": self.graph.reactor_name,
+            "executions": self.executions,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "last_duration": self.last_duration,
+        }

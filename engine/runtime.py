@@ -1,0 +1,296 @@
+"""The in-process runtime: wires accumulators, channels, reactors, graphs, sinks and sources."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Protocol
+
+import structlog
+
+from accumulators import (
+    AccumulatorKind,
+    AccumulatorRunner,
+    AccumulatorSpec,
+    Channel,
+    get_accumulator,
+    make_runner,
+)
+from connectors.dead_letters import DeadLetterSink, MemoryDeadLetters
+from connectors.sinks import Sink
+from engine.builder import ComputationGraph, ComputationGraphBuilder
+from engine.errors import GraphHalted, RuntimeConfigError
+from engine.graph_runner import GraphRunner
+from engine.observers import Observers
+from engine.registry import get_graph, registered_graphs
+from reactors import Fire, ReactorLoop, ReactorSpec, find_reactor, reactor_name_of
+
+log = structlog.get_logger("headrace.runtime")
+
+
+class Source(Protocol):
+    """An external feed (e.g. Kafka) that drives some accumulators."""
+
+    accumulators: frozenset[str]
+
+    async def start(self, runtime: Runtime) -> None: ...
+
+    async def stop(self) -> None:
+        """Stop fetching; called first on shutdown."""
+
+    async def close(self) -> None:
+        """Commit and disconnect; called after reactors drained and sinks flushed."""
+
+    def health(self) -> dict[str, Any]: ...
+
+
+class Runtime:
+    """Runs graphs in this process. Use ``async with Runtime(...) as runtime``.
+
+    By default it runs every registered graph, the reactors they bind to and the
+    accumulators those reactors watch. ``sinks`` receive every graph's results;
+    ``graph_sinks`` adds sinks for single graphs.
+    """
+
+    def __init__(
+        self,
+        *,
+        graphs: Iterable[str | ComputationGraph | ComputationGraphBuilder] | None = None,
+        reactors: Iterable[Any] | None = None,
+        accumulators: Iterable[str | AccumulatorSpec] | None = None,
+        sinks: Sequence[Sink] = (),
+        graph_sinks: Mapping[str, Sequence[Sink]] | None = None,
+        dead_letters: DeadLetterSink | None = None,
+        sources: Sequence[Source] = (),
+        observers: Sequence[Any] = (),
+        channel_size: int | None = None,
+    ) -> None:
+        self._graph_refs = graphs
+        self._reactor_refs = reactors
+        self._accumulator_refs = accumulators
+        self.sinks = list(sinks)
+        self.graph_sinks = {k: list(v) for k, v in (graph_sinks or {}).items()}
+        self.dead_letters: DeadLetterSink = dead_letters or MemoryDeadLetters()
+        self.sources = list(sources)
+        self.observers = Observers(list(observers))
+        self.channel_size = channel_size
+        self.graphs: dict[str, GraphRunner] = {}
+        self.reactors: dict[str, ReactorLoop] = {}
+        self.accumulators: dict[str, AccumulatorRunner] = {}
+        self.started_at: float | None = None
+        self._running = False
+
+    # -- wiring ------------------------------------------------------------------------
+    def _resolve_graphs(self) -> list[ComputationGraph]:
+        if self._graph_refs is None:
+            return list(registered_graphs().values())
+        resolved = []
+        for ref in self._graph_refs:
+            if isinstance(ref, ComputationGraphBuilder):
+                ref = ref.graph or get_graph(ref.name)
+            resolved.append(ref if isinstance(ref, ComputationGraph) else get_graph(ref))
+        return resolved
+
+    def _resolve_reactors(self, graphs: list[ComputationGraph]) -> dict[str, ReactorSpec]:
+        names = [reactor_name_of(r) for r in self._reactor_refs or ()]
+        names += [g.reactor_name for g in graphs]
+        specs: dict[str, ReactorSpec] = {}
+        for name in dict.fromkeys(names):
+            spec = find_reactor(name)
+            if spec is None:
+                users = [g.name for g in graphs if g.reactor_name == name]
+                raise RuntimeConfigError(
+                    f"unknown reactor {name!r}"
+                    + (f" (bound by graphs {users})" if users else "")
+                    + ": declare it with @reactor or load the module that does"
+                )
+            specs[name] = spec
+        for graph in graphs:
+            graph.check_reactor(specs[graph.reactor_name])
+        return specs
+
+    def _resolve_accumulators(self, reactors: dict[str, ReactorSpec]) -> dict[str, AccumulatorSpec]:
+        given: dict[str, AccumulatorSpec] = {}
+        for ref in self._accumulator_refs or ():
+            spec = ref if isinstance(ref, AccumulatorSpec) else get_accumulator(ref)
+            given[spec.name] = spec
+        resolved: dict[str, AccumulatorSpec] = {}
+        for reactor in reactors.values():
+            for name in reactor.accumulators:
+                if name in given:
+                    resolved[name] = given[name]
+                    continue
+                try:
+                    resolved[name] = get_accumulator(name)
+                except KeyError:
+                    raise RuntimeConfigError(
+                        f"reactor {reactor.name!r} watches unknown accumulator {name!r}: "
+                        "declare it with an accumulator decorator or in a config file"
+                    ) from None
+        return resolved
+
+    def _wire(self) -> None:
+        graphs = self._resolve_graphs()
+        reactor_specs = self._resolve_reactors(graphs)
+        accumulator_specs = self._resolve_accumulators(reactor_specs)
+        channels: dict[str, list[Channel]] = {name: [] for name in accumulator_specs}
+        for reactor in reactor_specs.values():
+            reactor_channels = {}
+            for name in reactor.accumulators:
+                size = self.channel_size or accumulator_specs[name].channel_size
+                reactor_channels[name] = Channel(name, size)
+                channels[name].append(reactor_channels[name])
+            runners = [
+                GraphRunner(
+                    g,
+                    self.sinks + self.graph_sinks.get(g.name, []),
+                    self.dead_letters,
+                    self.observers,
+                )
+                for g in graphs
+                if g.reactor_name == reactor.name
+            ]
+            self.graphs.update((r.name, r) for r in runners)
+            self.reactors[reactor.name] = ReactorLoop(
+                reactor, reactor_channels, self._fire_handler(runners)
+            )
+        for name, spec in accumulator_specs.items():
+            runner = make_runner(spec, channels[name])
+            runner.on_delivered = self.observers.on_delivered
+            self.accumulators[name] = runner
+
+    @staticmethod
+    def _fire_handler(runners: list[GraphRunner]) -> Any:
+        async def handle(fire: Fire) -> None:
+            if len(runners) == 1:
+                await runners[0].run(fire)
+                return
+            outcomes = await asyncio.gather(*(r.run(fire) for r in runners), return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+
+        return handle
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        """Check the wiring, then start sinks, accumulators, reactors and sources."""
+        self._wire()
+        for sink in {id(s): s for s in self._all_sinks()}.values():
+            await sink.start()
+        for runner in self.accumulators.values():
+            await runner.start()
+        for loop in self.reactors.values():
+            loop.start()
+        for source in self.sources:
+            await source.start(self)
+        self.started_at = time.time()
+        self._running = True
+        log.info(
+            "runtime started",
+            graphs=sorted(self.graphs),
+            reactors=sorted(self.reactors),
+            accumulators=sorted(self.accumulators),
+        )
+
+    def _all_sinks(self) -> list[Sink]:
+        return self.sinks + [s for sinks in self.graph_sinks.values() for s in sinks]
+
+    async def stop(self, drain: bool = True) -> None:
+        """Stop fetching, flush batches, finish (and with ``drain``, empty) reactors, commit."""
+        if not self._running:
+            return
+        self._running = False
+        for source in self.sources:
+            await source.stop()
+        for runner in self.accumulators.values():
+            await runner.stop()
+        for loop in self.reactors.values():
+            await loop.stop(drain=drain)
+        for sink in {id(s): s for s in self._all_sinks()}.values():
+            await sink.close()
+        for source in self.sources:
+            await source.close()
+        log.info("runtime stopped")
+
+    async def __aenter__(self) -> Runtime:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- operations ----------------------------------------------------------------------
+    def accumulator(self, name: str) -> AccumulatorRunner:
+        try:
+            return self.accumulators[name]
+        except KeyError:
+            known = ", ".join(sorted(self.accumulators)) or "none"
+            raise KeyError(f"unknown accumulator {name!r} (running: {known})") from None
+
+    async def push(self, name: str, event: Any) -> None:
+        """Push one event into an accumulator; waits while its channel is full."""
+        runner = self.accumulator(name)
+        if runner.spec.kind is AccumulatorKind.POLLING:
+            raise ValueError(
+                f"accumulator {name!r} is a polling accumulator; it cannot be pushed to"
+            )
+        owner = next((s for s in self.sources if name in s.accumulators), None)
+        if owner is not None:
+            raise ValueError(
+                f"accumulator {name!r} is fed by {type(owner).__name__}; push to passthrough "
+                "accumulators instead"
+            )
+        await runner.offer(event)
+
+    def _reactor_for(self, name: str) -> ReactorLoop:
+        if name in self.reactors:
+            return self.reactors[name]
+        if name in self.graphs:
+            return self.reactors[self.graphs[name].graph.reactor_name]
+        raise KeyError(f"unknown graph or reactor {name!r}")
+
+    def pause(self, name: str) -> None:
+        """Pause the reactor (or the reactor of the graph) called ``name``."""
+        self._reactor_for(name).pause()
+
+    def resume(self, name: str) -> None:
+        self._reactor_for(name).resume()
+
+    async def wait_idle(self, timeout: float = 30.0, poll: float = 0.005) -> None:
+        """Wait until no channel holds values, no batch buffers any, and no fire runs."""
+        async with asyncio.timeout(timeout):
+            while True:
+                buffered = any(getattr(r, "buffered", 0) for r in self.accumulators.values())
+                if not buffered and not any(loop.busy for loop in self.reactors.values()):
+                    return
+                await asyncio.sleep(poll)
+
+    def failed(self) -> list[str]:
+        return [name for name, loop in self.reactors.items() if loop.state.value == "failed"]
+
+    def health(self) -> dict[str, Any]:
+        graphs = {}
+        for name, runner in self.graphs.items():
+            loop = self.reactors[runner.graph.reactor_name]
+            graphs[name] = {
+                **loop.health(),
+                **runner.health(),
+                "accumulators": {a: self.accumulators[a].health() for a in loop.spec.accumulators},
+            }
+        return {
+            "graphs": graphs,
+            "reactors": {name: loop.health() for name, loop in self.reactors.items()},
+            "accumulators": {name: r.health() for name, r in self.accumulators.items()},
+            "sources": [source.health() for source in self.sources],
+        }
+
+
+__all__ = ["GraphHalted", "Runtime", "Source"]

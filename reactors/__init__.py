@@ -1,0 +1,43 @@
+"""Reactors: watch accumulators and decide when computation graphs fire."""
+
+from reactors.declaration import (
+    InputStrategy,
+    ReactionMode,
+    ReactorInUseError,
+    ReactorSpec,
+    bind_graph,
+    bound_graphs,
+    clear_reactors,
+    find_reactor,
+    get_reactor,
+    reactor,
+    reactor_name_of,
+    register_reactor,
+    registered_reactors,
+    unbind_graph,
+    unload_reactor,
+)
+from reactors.loop import ReactorLoop, ReactorState
+from reactors.policy import Fire, FiringPolicy
+
+__all__ = [
+    "Fire",
+    "FiringPolicy",
+    "InputStrategy",
+    "ReactionMode",
+    "ReactorInUseError",
+    "ReactorLoop",
+    "ReactorSpec",
+    "ReactorState",
+    "bind_graph",
+    "bound_graphs",
+    "clear_reactors",
+    "find_reactor",
+    "get_reactor",
+    "reactor",
+    "reactor_name_of",
+    "register_reactor",
+    "registered_reactors",
+    "unbind_graph",
+    "unload_reactor",
+]

@@ -1,0 +1,190 @@
+"""The firing loop: takes values from a reactor's channels and runs one fire at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import Any
+
+import structlog
+
+from accumulators.channel import Channel, Envelope
+from reactors.declaration import ReactorSpec
+from reactors.policy import Fire, FiringPolicy
+
+log = structlog.get_logger("headrace.reactors")
+
+FireHandler = Callable[[Fire], Awaitable[None]]
+"""Runs every graph bound to the reactor on one fire; raising marks the reactor failed."""
+
+
+class ReactorState(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+class ReactorLoop:
+    """Runs one reactor: drains its channels, applies the firing policy, fires, settles acks.
+
+    Never runs two fires at once. While paused it neither fires nor drains, so channels fill
+    to their bound and the sources feeding them wait. Acks of a fire's envelopes are settled
+    only after the handler returned, i.e. after every graph and its sinks finished.
+    """
+
+    def __init__(
+        self, spec: ReactorSpec, channels: dict[str, Channel], handler: FireHandler
+    ) -> None:
+        missing = [name for name in spec.accumulators if name not in channels]
+        if missing:
+            raise ValueError(f"reactor {spec.name!r}: no channel for accumulators {missing}")
+        self.spec = spec
+        self.channels = channels
+        self.policy = FiringPolicy(spec)
+        self._handler = handler
+        self._wakeup = asyncio.Event()
+        self._paused = False
+        self._stopping = False
+        self._firing: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.state = ReactorState.STOPPED
+        self.last_fired_at: float | None = None
+        self.last_error: str | None = None
+        for channel in channels.values():
+            channel.on_put = self._wakeup.set
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def fire_count(self) -> int:
+        return self.policy.fires
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def start(self) -> None:
+        self.state = ReactorState.RUNNING
+        self._task = asyncio.create_task(self._run(), name=f"reactor:{self.name}")
+
+    def pause(self) -> None:
+        self._paused = True
+        if self.state is ReactorState.RUNNING:
+            self.state = ReactorState.PAUSED
+
+    def resume(self) -> None:
+        self._paused = False
+        if self.state is ReactorState.PAUSED:
+            self.state = ReactorState.RUNNING
+        self._wakeup.set()
+
+    async def stop(self, drain: bool = True) -> None:
+        """Finish the running fire; with ``drain``, first fire on what the channels hold."""
+        self._stopping = True
+        if not drain:
+            self._paused = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        if self.state is not ReactorState.FAILED:
+            self.state = ReactorState.STOPPED
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if self._firing is not None and self._firing.done():
+                    task, self._firing = self._firing, None
+                    if task.exception() is not None:
+                        return
+                if not self._paused:
+                    if self._firing is None:
+                        self._start_next_fire()
+                    elif not self.policy.sequential:
+                        self._drain()  # coalesce values that arrive while a graph runs
+                if self._stopping and self._firing is None and self._idle():
+                    return
+                await self._wakeup.wait()
+                self._wakeup.clear()
+        finally:
+            if self._firing is not None:
+                with contextlib.suppress(Exception):
+                    await self._firing
+
+    def _start_next_fire(self) -> None:
+        fire = self._next_fire()
+        if fire is not None:
+            self._firing = asyncio.create_task(self._fire(fire), name=f"fire:{self.name}")
+            self._firing.add_done_callback(lambda _task: self._wakeup.set())
+
+    def _idle(self) -> bool:
+        if self._paused:
+            return True
+        if self.policy.sequential:
+            return all(channel.depth == 0 for channel in self.channels.values())
+        self._drain()
+        return not self.policy.ready()
+
+    def _drain(self) -> None:
+        for channel in self.channels.values():
+            while channel.depth:
+                self.policy.apply(channel.take())
+
+    def _oldest(self) -> Envelope | None:
+        oldest: Channel | None = None
+        for channel in self.channels.values():
+            head = channel.peek()
+            if head is not None and (oldest is None or head.seq < oldest.peek().seq):  # type: ignore[union-attr]
+                oldest = channel
+        return oldest.take() if oldest is not None else None
+
+    def _next_fire(self) -> Fire | None:
+        if self.policy.sequential:
+            envelope = self._oldest()
+            return self.policy.fire_with(envelope) if envelope is not None else None
+        self._drain()
+        return self.policy.begin_fire() if self.policy.ready() else None
+
+    async def _fire(self, fire: Fire) -> None:
+        self.last_fired_at = time.time()
+        try:
+            await self._handler(fire)
+        except Exception as error:
+            self.state = ReactorState.FAILED
+            self.last_error = repr(error)
+            log.error(
+                "reactor stopped after a failed fire",
+                reactor=self.name,
+                fire=fire.number,
+                error=repr(error),
+            )
+            raise
+        fire.settle()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a fire runs, or values wait in channels or in the cache to fire."""
+        if self._firing is not None:
+            return True
+        if self._paused:
+            return False
+        if any(channel.depth for channel in self.channels.values()):
+            return True
+        return not self.policy.sequential and self.policy.ready()
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "mode": self.spec.mode.value,
+            "strategy": self.spec.strategy.value,
+            "fire_count": self.fire_count,
+            "last_fired_at": self.last_fired_at,
+            "paused": self._paused,
+            "last_error": self.last_error,
+            "channel_depths": {name: ch.depth for name, ch in self.channels.items()},
+        }

@@ -1,0 +1,77 @@
+"""The firing rules, free of I/O: dirty flags, the input cache and what each fire consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from accumulators.channel import Envelope
+from reactors.declaration import InputStrategy, ReactionMode, ReactorSpec
+
+
+@dataclass(slots=True)
+class Fire:
+    """One firing: the input snapshot the graphs see and the envelopes it consumes."""
+
+    number: int
+    inputs: dict[str, Any]
+    envelopes: list[Envelope] = field(default_factory=list)
+
+    def settle(self) -> None:
+        for envelope in self.envelopes:
+            envelope.settle()
+
+
+class FiringPolicy:
+    """Applies deliveries to the input cache and decides when and with what to fire.
+
+    ``latest``: a delivery replaces the cached value; a value replaced before any fire
+    consumed it is settled at once (superseded). ``sequential``: each envelope is its
+    own fire (``fire_with``), the criterion does not apply.
+    """
+
+    def __init__(self, spec: ReactorSpec) -> None:
+        self.spec = spec
+        self.cache: dict[str, Any] = {}
+        self.dirty: set[str] = set()
+        self._unfired: dict[str, Envelope] = {}
+        self.fires = 0
+
+    @property
+    def sequential(self) -> bool:
+        return self.spec.strategy is InputStrategy.SEQUENTIAL
+
+    def apply(self, envelope: Envelope) -> None:
+        """Take a delivery into the cache (``latest``)."""
+        superseded = self._unfired.pop(envelope.accumulator, None)
+        if superseded is not None:
+            superseded.settle()
+        self.cache[envelope.accumulator] = envelope.value
+        self._unfired[envelope.accumulator] = envelope
+        self.dirty.add(envelope.accumulator)
+
+    def ready(self) -> bool:
+        """Whether the criterion holds now."""
+        if self.spec.mode is ReactionMode.WHEN_ALL:
+            return len(self.dirty) == len(self.spec.accumulators)
+        return bool(self.dirty)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {name: self.cache.get(name) for name in self.spec.accumulators}
+
+    def begin_fire(self) -> Fire:
+        """Start a fire on the current cache; clears the dirty flags."""
+        self.fires += 1
+        fire = Fire(self.fires, self.snapshot(), list(self._unfired.values()))
+        self._unfired.clear()
+        self.dirty.clear()
+        return fire
+
+    def fire_with(self, envelope: Envelope) -> Fire:
+        """Start a ``sequential`` fire for exactly this envelope."""
+        self.cache[envelope.accumulator] = envelope.value
+        self.fires += 1
+        return Fire(self.fires, self.snapshot(), [envelope])
+
+    def unfired(self) -> list[Envelope]:
+        return list(self._unfired.values())
