@@ -45,7 +45,7 @@ cmd_install() {
   [[ $EUID -eq 0 ]] || die "PostgreSQL server not installed; run as root: apt-get install -y postgresql"
   log "installing PostgreSQL server from Debian packages"
   apt-get update -q >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql >&2
   # The package may create and start a `main` cluster on 5432: nothing here uses it.
   if command -v pg_lsclusters >/dev/null; then
     pg_lsclusters --no-header 2>/dev/null | while read -r ver name _port status _rest; do

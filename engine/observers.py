@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import structlog
+
 from connectors.dead_letters import DeadLetter
 
 
@@ -46,8 +48,6 @@ class Observers:
                 try:
                     method(*args)
                 except Exception:  # an observer must never break processing
-                    import structlog
-
                     structlog.get_logger("headrace.runtime").exception(
                         "observer failed", observer=type(observer).__name__, hook=hook
                     )

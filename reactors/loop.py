@@ -100,7 +100,7 @@ class ReactorLoop:
             while True:
                 if self._firing is not None and self._firing.done():
                     task, self._firing = self._firing, None
-                    if task.exception() is not None:
+                    if task.cancelled() or task.exception() is not None:
                         return
                 if not self._paused:
                     if self._firing is None:

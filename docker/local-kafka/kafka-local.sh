@@ -23,7 +23,7 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-LIBS="${HEADRACE_KAFKA_LIBS:-$HOME/.cache/headrace/kafka-libs}"
+LIBS="${HEADRACE_KAFKA_LIBS:-${HOME:-/root}/.cache/headrace/kafka-libs}"
 STATE="${HEADRACE_KAFKA_STATE:-/tmp/headrace-kafka}"
 START_TIMEOUT="${HEADRACE_KAFKA_START_TIMEOUT:-120}"
 HEAP_OPTS="${HEADRACE_KAFKA_HEAP_OPTS:--Xmx512m -Xms256m}"
@@ -167,7 +167,9 @@ cmd_start() {
   echo "$port" >"$STATE/port"
   echo "$cport" >"$STATE/controller_port"
 
-  local jvm=(java $HEAP_OPTS -Djava.awt.headless=true
+  local heap jvm
+  read -r -a heap <<<"$HEAP_OPTS"
+  jvm=(java "${heap[@]}" -Djava.awt.headless=true
     "-Dlog4j2.configurationFile=$HERE/log4j2.xml" "-Dkafka.logs.dir=$data/logs"
     -cp "$LIBS/*")
   # Static controller.quorum.voters: plain format, no --standalone / --initial-controllers.
