@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# A real worker (`headrace run examples/price_signal.toml`) against a local Kafka broker:
+# starts the broker, produces order books, shows the signals and health, stops everything.
 demo: install
-	$(BIN)/python -m examples.demo
+	$(BIN)/python -m examples.demo_kafka
 
 test: install lint
 	$(BIN)/pytest -q -p no:cacheprovider

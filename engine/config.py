@@ -1,0 +1,402 @@
+"""Topic-to-graph config files: the TOML schema (pydantic v2), env interpolation, errors.
+
+A worker loads one or more TOML files. Each file may hold any of these sections::
+
+    modules = ["examples.price_signal"]      # or [[modules]] name = "..." path = "..."
+
+    [worker]                                  # at most one file sets it
+    bootstrap_servers = "${KAFKA_BOOTSTRAP_SERVERS}"
+    group_id = "prices"
+    [worker.http]         host, port, token, enabled
+    [worker.state_store]  url, retention_executions, retention_dead_letters, prune_interval
+    [worker.dead_letters] kafka, topic_suffix, execution_topic, state_store
+    [worker.log]          format (auto|json|console), level
+
+    [accumulators.NAME]   kind, topic, group, model, function, interval, flush_interval, ...
+    [reactors.NAME]       accumulators, mode, strategy
+    [graphs.NAME]         module, reactor, topology, retry, on_error, sinks
+    [sinks.NAME]          type (kafka|log|callback), topic, key, function, producer
+
+Every problem is reported as ``file: field.path: reason`` (see ``ConfigIssue``); the
+cross-file checks live in ``engine.config_loader``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+)
+
+from accumulators.durations import DurationError, parse_duration
+
+# -- errors -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a config file: where it is and what is wrong."""
+
+    file: str
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.field}: {self.reason}"
+
+
+class ConfigError(Exception):
+    """A set of config problems; nothing was started. ``str()`` lists one per line."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = list(issues)
+        super().__init__("\n".join(str(issue) for issue in self.issues))
+
+
+def field_path(*parts: str | int) -> str:
+    """``("graphs", "g", "sinks", 0)`` -> ``graphs.g.sinks[0]``; odd keys are quoted."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{part!r}]" if out else repr(part)
+    return out or "<file>"
+
+
+# -- environment interpolation --------------------------------------------------------------
+
+_VAR = re.compile(r"\$(\$)|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-)([^}]*))?\}|\$\{([^}]*)\}?")
+
+
+@dataclass
+class Interpolation:
+    """What ``interpolate`` did: the new data, the fields it touched and its problems."""
+
+    data: Any
+    from_env: set[str]
+    problems: list[tuple[str, str]]
+
+
+def interpolate(data: Any, environ: Mapping[str, str] | None = None) -> Interpolation:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string value (keys are left alone).
+
+    ``$$`` is a literal ``$``. ``${VAR:-default}`` uses the default when VAR is unset or
+    empty; ``${VAR}`` with VAR unset is a problem reported at that field.
+    """
+    env = os.environ if environ is None else environ
+    from_env: set[str] = set()
+    problems: list[tuple[str, str]] = []
+
+    def substitute(text: str, path: tuple[str | int, ...]) -> str:
+        def replace(match: re.Match[str]) -> str:
+            if match.group(1):
+                return "$"
+            if match.group(5) is not None or match.group(2) is None:
+                problems.append(
+                    (
+                        field_path(*path),
+                        f"bad variable reference {match.group(0)!r}: "
+                        "use ${NAME} or ${NAME:-default} (and $$ for a literal $)",
+                    )
+                )
+                return match.group(0)
+            name, has_default, default = match.group(2), match.group(3), match.group(4)
+            from_env.add(field_path(*path))
+            value = env.get(name)
+            if has_default and not value:
+                return default or ""
+            if value is None:
+                problems.append(
+                    (
+                        field_path(*path),
+                        f"environment variable {name} is not set "
+                        f"(set it, or write ${{{name}:-default}})",
+                    )
+                )
+                return ""
+            return value
+
+        if "$" not in text:
+            return text
+        return _VAR.sub(replace, text)
+
+    def walk(value: Any, path: tuple[str | int, ...]) -> Any:
+        if isinstance(value, str):
+            return substitute(value, path)
+        if isinstance(value, dict):
+            return {key: walk(item, (*path, key)) for key, item in value.items()}
+        if isinstance(value, list):
+            return [walk(item, (*path, index)) for index, item in enumerate(value)]
+        return value
+
+    return Interpolation(walk(data, ()), from_env, problems)
+
+
+# -- field types ----------------------------------------------------------------------------
+
+
+def _duration(value: Any) -> Any:
+    if value is None:
+        return value
+    try:
+        return parse_duration(value, "duration")
+    except DurationError as error:
+        raise ValueError(str(error).removeprefix("duration: ")) from None
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _ref(value: str) -> str:
+    module, sep, attr = value.partition(":")
+    dotted = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+    if not sep or not re.fullmatch(dotted, module) or not re.fullmatch(dotted, attr):
+        raise ValueError(
+            f"must be 'module:attribute' (e.g. 'mypkg.feeds:orderbook'), got {value!r}"
+        )
+    return value
+
+
+def _module_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", value):
+        raise ValueError(f"must be a dotted Python module name, got {value!r}")
+    return value
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+SECRET_KEY = re.compile(r"password|secret|token|credential|sasl|oauthbearer|ssl\.key\.pem", re.I)
+"""Kafka client settings whose values are secrets (wrapped in SecretStr, never logged)."""
+
+
+def _kafka_settings(value: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, SecretStr):
+            out[key] = item
+            continue
+        if not isinstance(item, str | int | float | bool):
+            raise ValueError(
+                f"setting {key!r} must be a string, number or boolean, got {type(item).__name__}"
+            )
+        out[key] = SecretStr(str(item)) if SECRET_KEY.search(key) else item
+    return out
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+Names = Annotated[list[NonEmpty], BeforeValidator(_one_or_many)]
+Ref = Annotated[str, AfterValidator(_ref)]
+ModuleName = Annotated[str, AfterValidator(_module_name)]
+KafkaSettings = Annotated[dict[str, Any], AfterValidator(_kafka_settings)]
+
+
+def reveal(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Kafka settings for the client library: secrets unwrapped, everything a string."""
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        out[key] = value
+    return out
+
+
+# -- models ---------------------------------------------------------------------------------
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=False)
+
+
+class HttpConfig(Model):
+    """The operations endpoint. Non-loopback hosts need a token."""
+
+    enabled: bool = True
+    host: NonEmpty = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    token: SecretStr | None = None
+
+    @property
+    def is_loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class StateStoreConfig(Model):
+    """SQLAlchemy URL of the state store (SQLite file by default, PostgreSQL for fleets)."""
+
+    enabled: bool = True
+    url: NonEmpty = "sqlite:///headrace-state.db"
+    retention_executions: int = Field(10_000, ge=1)
+    retention_dead_letters: int = Field(10_000, ge=1)
+    prune_interval: Duration = 60.0
+
+
+class DeadLettersConfig(Model):
+    """Where dead letters go: Kafka topics and/or the state store."""
+
+    kafka: bool = True
+    topic_suffix: NonEmpty = ".dlq"
+    execution_topic: NonEmpty = "headrace.dead_letters"
+    state_store: bool = True
+
+
+class LogConfig(Model):
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Annotated[
+        Literal["debug", "info", "warning", "error", "critical"], BeforeValidator(_lower)
+    ] = "info"
+
+
+class WorkerConfig(Model):
+    """Process-wide settings of a worker."""
+
+    bootstrap_servers: NonEmpty | None = None
+    group_id: NonEmpty = "headrace"
+    commit_interval: Duration = 1.0
+    batch_size: int = Field(500, ge=1)
+    channel_size: int | None = Field(None, ge=1)
+    drain_timeout: Duration = 30.0
+    kafka: KafkaSettings = Field(default_factory=dict)
+    consumer: KafkaSettings = Field(default_factory=dict)
+    producer: KafkaSettings = Field(default_factory=dict)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    state_store: StateStoreConfig = Field(default_factory=StateStoreConfig)
+    dead_letters: DeadLettersConfig = Field(default_factory=DeadLettersConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    def consumer_config(self) -> dict[str, Any]:
+        return reveal({**self.kafka, **self.consumer})
+
+    def producer_config(self) -> dict[str, Any]:
+        return reveal({**self.kafka, **self.producer})
+
+
+def _module_entry(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+class ModuleConfig(Model):
+    """A Python module to import; ``path`` (relative to the file) is put on ``sys.path``."""
+
+    name: ModuleName
+    path: NonEmpty | None = None
+
+
+AccumulatorKindName = Literal["stream", "batch", "polling", "passthrough"]
+
+
+class AccumulatorConfig(Model):
+    """An accumulator declared (or re-configured) by a file."""
+
+    kind: AccumulatorKindName | None = None
+    topic: NonEmpty | None = None
+    group: NonEmpty | None = None
+    model: Ref | None = None
+    function: Ref | None = None
+    interval: Duration | None = None
+    flush_interval: Duration | None = None
+    max_buffer_size: int | None = Field(None, ge=1)
+    channel_size: int | None = Field(None, ge=1)
+
+
+class ReactorConfig(Model):
+    accumulators: Annotated[Names, Field(min_length=1)]
+    mode: Literal["when_any", "when_all"] = "when_any"
+    strategy: Literal["latest", "sequential"] = "latest"
+
+
+class NodeConfig(Model):
+    """One node of a topology; its function is the module's attribute of the node's name."""
+
+    inputs: Names | None = None
+    next: Names | None = None
+    routes: dict[NonEmpty, Names] | None = None
+    function: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    thread: bool = False
+
+    def shape(self) -> dict[str, Any]:
+        """The topology dict entry ``parse_topology`` takes."""
+        out: dict[str, Any] = {}
+        if self.inputs is not None:
+            out["inputs"] = list(self.inputs)
+        if self.next is not None:
+            out["next"] = list(self.next)
+        if self.routes is not None:
+            out["routes"] = {variant: list(targets) for variant, targets in self.routes.items()}
+        return out
+
+
+class RetryConfig(Model):
+    attempts: int = Field(1, ge=1)
+    backoff: Duration = 0.1
+    max_backoff: Duration = 5.0
+
+
+class GraphConfig(Model):
+    """A graph defined by the file (``module`` + ``topology``) or configured (module's own)."""
+
+    module: ModuleName | None = None
+    reactor: NonEmpty | None = None
+    topology: dict[str, NodeConfig] | None = None
+    retry: RetryConfig | None = None
+    on_error: Literal["dead_letter", "stop"] | None = None
+    sinks: Annotated[list[NonEmpty], BeforeValidator(_one_or_many)] = Field(default_factory=list)
+
+
+SinkType = Literal["kafka", "log", "callback"]
+
+
+class SinkConfig(Model):
+    """Where graph results go. ``kafka`` needs ``topic``; ``callback`` needs ``function``."""
+
+    type: SinkType
+    topic: NonEmpty | None = None
+    key: NonEmpty | None = None
+    function: Ref | None = None
+    producer: KafkaSettings = Field(default_factory=dict)
+
+
+class ConfigFile(Model):
+    """One file, as written (after interpolation)."""
+
+    worker: WorkerConfig | None = None
+    modules: list[Annotated[ModuleConfig, BeforeValidator(_module_entry)]] = Field(
+        default_factory=list
+    )
+    accumulators: dict[str, AccumulatorConfig] = Field(default_factory=dict)
+    reactors: dict[str, ReactorConfig] = Field(default_factory=dict)
+    graphs: dict[str, GraphConfig] = Field(default_factory=dict)
+    sinks: dict[str, SinkConfig] = Field(default_factory=dict)
+
+
+SECTIONS = ("accumulators", "reactors", "graphs", "sinks")
+"""Sections whose entries are named; each name may be declared in one file only."""
+
+SECRET_FIELDS = ("worker.http.token",)
+"""Fields that hold secrets: they must come from the environment, never the file itself."""

@@ -1,0 +1,317 @@
+"""The long-running worker: a ``Runtime`` wired from loaded config files, run until a signal.
+
+``Worker(config).run()`` opens the state store, starts the HTTP operations API, starts the
+runtime (Kafka sources per consumer group, sinks, dead letters), restores the last values of
+polling and passthrough accumulators, and waits. On SIGTERM or SIGINT it drains: stop
+fetching, finish running graphs, flush sinks, commit, leave the group; then it exits 0. A
+second signal exits at once with 128 + the signal number. A graph that halts
+(``on_error = "stop"``) makes the worker drain and exit 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from connectors.dead_letters import (
+    DeadLetter,
+    DeadLetterSink,
+    FanOutDeadLetters,
+    MemoryDeadLetters,
+)
+from connectors.sinks import CallbackSink, LogSink, Sink
+from engine.config import SinkConfig, reveal
+from engine.config_loader import LoadedConfig, resolve_ref
+from engine.runtime import Runtime, Source
+
+log = structlog.get_logger("headrace.worker")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+class WorkerError(RuntimeError):
+    """The worker could not start or stopped on a failure (exit code 1)."""
+
+
+class Worker:
+    """Builds every part from a ``LoadedConfig``; ``await run()`` returns the exit code."""
+
+    def __init__(self, config: LoadedConfig, *, install_signals: bool = True) -> None:
+        self.config = config
+        self.install_signals = install_signals
+        self.runtime: Runtime | None = None
+        self.store: Any = None
+        self.metrics: Any = None
+        self.http: Any = None
+        self.sources: list[Source] = []
+        self.sinks: dict[str, Sink] = {}
+        self.kafka_dead_letters: Any = None
+        self._stop = asyncio.Event()
+        self._signals = 0
+        self.exit_code = EXIT_OK
+
+    # -- building ------------------------------------------------------------------------
+    def _kafka_settings(self) -> dict[str, Any]:
+        worker = self.config.worker
+        if not worker.bootstrap_servers:
+            raise WorkerError("worker.bootstrap_servers is not set")
+        return {"bootstrap_servers": worker.bootstrap_servers}
+
+    def build_sink(self, name: str, cfg: SinkConfig) -> Sink:
+        worker = self.config.worker
+        if cfg.type == "kafka":
+            from connectors.kafka_sink import KafkaSink
+
+            producer = {**worker.producer_config(), **reveal(cfg.producer)}
+            options: dict[str, Any] = {"producer_config": producer or None}
+            if cfg.key is not None:
+                options["key"] = cfg.key
+            return KafkaSink(self._kafka_settings()["bootstrap_servers"], cfg.topic, **options)
+        if cfg.type == "log":
+            return LogSink()
+        if cfg.type == "callback":
+            target, reason = resolve_ref(cfg.function or "")
+            if reason is not None or not callable(target):
+                raise WorkerError(f"sink {name!r}: {reason or 'function is not callable'}")
+            return CallbackSink(target)
+        raise WorkerError(f"sink {name!r}: unknown type {cfg.type!r}")
+
+    def build_dead_letters(self) -> DeadLetterSink:
+        worker = self.config.worker
+        destinations: list[DeadLetterSink] = []
+        if worker.dead_letters.kafka and worker.bootstrap_servers and self.config.needs_kafka:
+            from connectors.kafka_dead_letters import KafkaDeadLetters
+
+            self.kafka_dead_letters = KafkaDeadLetters(
+                worker.bootstrap_servers,
+                topic_suffix=worker.dead_letters.topic_suffix,
+                execution_topic=worker.dead_letters.execution_topic,
+                producer_config=worker.producer_config() or None,
+            )
+            destinations.append(self.kafka_dead_letters)
+        if worker.dead_letters.state_store and self.store is not None:
+            destinations.append(self.store)
+        if not destinations:
+            return MemoryDeadLetters()  # logs each letter itself
+        inner = destinations[0] if len(destinations) == 1 else FanOutDeadLetters(*destinations)
+        return LoggedDeadLetters(inner)
+
+    def build_sources(self) -> list[Source]:
+        worker = self.config.worker
+        groups = self.config.kafka_groups()
+        if not groups:
+            return []
+        from connectors.kafka_source import KafkaSource
+
+        return [
+            KafkaSource(
+                self._kafka_settings()["bootstrap_servers"],
+                group,
+                accumulators=names,
+                consumer_config=worker.consumer_config() or None,
+                commit_interval=worker.commit_interval,
+                batch_size=worker.batch_size,
+            )
+            for group, names in groups.items()
+        ]
+
+    def build(self) -> Runtime:
+        """Create the store, metrics, sinks, dead letters, sources and the runtime."""
+        from engine.metrics import Metrics
+
+        cfg = self.config
+        worker = cfg.worker
+        if worker.state_store.enabled:
+            from engine.state_store import StateStore
+
+            self.store = StateStore(
+                worker.state_store.url,
+                retention_executions=worker.state_store.retention_executions,
+                retention_dead_letters=worker.state_store.retention_dead_letters,
+                prune_interval=worker.state_store.prune_interval,
+            )
+        self.metrics = Metrics(store=self.store)
+        used = {name for names in cfg.graph_sinks.values() for name in names}
+        self.sinks = {name: self.build_sink(name, cfg.sinks[name]) for name in sorted(used)}
+        self.sources = self.build_sources()
+        runtime = Runtime(
+            graphs=list(cfg.graphs),
+            accumulators=list(cfg.accumulators.values()),
+            graph_sinks={g: [self.sinks[s] for s in names] for g, names in cfg.graph_sinks.items()},
+            dead_letters=self.build_dead_letters(),
+            sources=self.sources,
+            observers=[self.metrics],
+            channel_size=worker.channel_size,
+        )
+        self.metrics.attach(runtime)
+        if self.store is not None:
+            self.store.attach(runtime)
+        self.runtime = runtime
+        return runtime
+
+    def build_http(self) -> Any:
+        http = self.config.worker.http
+        if not http.enabled or self.runtime is None:
+            return None
+        from engine.http_api import HttpServer, create_app
+
+        token = http.token.get_secret_value() if http.token else None
+        app = create_app(self.runtime, metrics=self.metrics, store=self.store, token=token or None)
+        return HttpServer(app, http.host, http.port)
+
+    # -- signals -------------------------------------------------------------------------
+    def request_stop(self, signum: int | None = None, reason: str = "signal") -> None:
+        """First call: drain and stop. Second signal: exit at once, non-zero."""
+        if signum is not None:
+            self._signals += 1
+            name = signal.Signals(signum).name
+            if self._signals > 1:
+                log.error("second signal: exiting without draining", signal=name)
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(128 + signum)
+            log.info("draining: stop fetching, finish running graphs, flush, commit", signal=name)
+        else:
+            log.info("stopping", reason=reason)
+        self._stop.set()
+
+    def _install_signals(self) -> Callable[[], None]:
+        loop = asyncio.get_running_loop()
+        installed = []
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(signum, self.request_stop, signum)
+                installed.append(signum)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                pass
+
+        def remove() -> None:
+            for signum in installed:
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(signum)
+
+        return remove
+
+    # -- running ---------------------------------------------------------------------------
+    async def _watch(self, interval: float = 0.2) -> None:
+        """Stop the worker when a graph halts (``on_error = "stop"``)."""
+        assert self.runtime is not None
+        while not self._stop.is_set():
+            failed = self.runtime.failed()
+            if failed:
+                errors = {name: self.runtime.reactors[name].last_error for name in failed}
+                log.error("graph halted: stopping the worker", reactors=failed, errors=errors)
+                self.exit_code = EXIT_FAILURE
+                self._stop.set()
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+
+    async def start(self) -> None:
+        """Open the store, start HTTP and the runtime, restore stored values."""
+        runtime = self.runtime or self.build()
+        if self.store is not None:
+            await asyncio.to_thread(self.store.open)
+        self.http = self.build_http()
+        if self.http is not None:
+            await self.http.start()
+        await runtime.start()
+        if self.store is not None:
+            restored = await self.store.restore_into(runtime)
+            if restored:
+                log.info("restored accumulator values", accumulators=restored)
+        log.info(
+            "worker ready",
+            config=self.config.files,
+            graphs=sorted(runtime.graphs),
+            reactors=sorted(runtime.reactors),
+            accumulators=sorted(runtime.accumulators),
+            consumer_groups=self.config.kafka_groups(),
+            http=self.http.url if self.http is not None else None,
+            state_store=self.store.display_url if self.store is not None else None,
+        )
+
+    async def shutdown(self) -> None:
+        """Drain the runtime (bounded by ``drain_timeout``), then stop HTTP and the store."""
+        timeout = self.config.worker.drain_timeout
+        if self.runtime is not None:
+            try:
+                await asyncio.wait_for(self.runtime.stop(drain=True), timeout)
+            except TimeoutError:
+                log.error("drain did not finish in time", drain_timeout=timeout)
+                self.exit_code = EXIT_FAILURE
+            except Exception:
+                log.exception("drain failed")
+                self.exit_code = EXIT_FAILURE
+        if self.kafka_dead_letters is not None:
+            try:
+                await self.kafka_dead_letters.close()
+            except Exception:
+                log.exception("flushing Kafka dead letters failed")
+                self.exit_code = EXIT_FAILURE
+        if self.http is not None:
+            with contextlib.suppress(Exception):
+                await self.http.stop()
+        if self.store is not None:
+            try:
+                await asyncio.to_thread(self.store.close)
+            except Exception:
+                log.exception("closing the state store failed")
+                self.exit_code = EXIT_FAILURE
+
+    async def run(self) -> int:
+        """Start, wait for a signal or a halted graph, drain; return the exit code."""
+        remove = self._install_signals() if self.install_signals else (lambda: None)
+        try:
+            try:
+                await self.start()
+            except Exception as error:
+                log.error("worker failed to start", error=f"{type(error).__name__}: {error}")
+                self.exit_code = EXIT_FAILURE
+                await self.shutdown()
+                return self.exit_code
+            if not self._stop.is_set():
+                await self._watch()
+            await self.shutdown()
+            log.info("worker stopped", exit_code=self.exit_code)
+            return self.exit_code
+        finally:
+            remove()
+
+
+class LoggedDeadLetters:
+    """Logs every dead letter (where it came from and why, never its payload), then sends it."""
+
+    def __init__(self, inner: DeadLetterSink) -> None:
+        self.inner = inner
+
+    async def send(self, letter: DeadLetter) -> None:
+        log.warning(
+            "dead letter",
+            kind=letter.kind,
+            reason=letter.reason,
+            **{
+                key: value
+                for key in ("graph", "node", "accumulator", "topic", "partition", "offset")
+                if (value := getattr(letter, key)) is not None
+            },
+        )
+        await self.inner.send(letter)
+
+
+def run_worker(config: LoadedConfig) -> int:
+    """Run a worker in a new event loop; returns the process exit code."""
+    return asyncio.run(Worker(config).run())
+
+
+__all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_OK", "Worker", "WorkerError", "run_worker"]
