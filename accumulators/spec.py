@@ -108,9 +108,10 @@ def make_spec(fn: Callable[..., Any], kind: AccumulatorKind, **settings: Any) ->
     """Build a spec from a decorated function, checking every setting."""
     name = settings.pop("name", None) or fn.__name__
     owner = f"accumulator {name!r}"
+    required = {AccumulatorKind.POLLING: "interval", AccumulatorKind.BATCH: "flush_interval"}
     for key in ("interval", "flush_interval"):
-        if settings.get(key) is not None:
-            settings[key] = parse_duration(settings[key], f"{owner} {key}")
+        if settings.get(key) is not None or required.get(kind) == key:
+            settings[key] = parse_duration(settings.get(key), f"{owner} {key}")
     size = settings.get("max_buffer_size")
     if size is not None and (not isinstance(size, int) or size < 1):
         raise ValueError(f"{owner}: max_buffer_size must be a positive integer, got {size!r}")

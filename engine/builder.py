@@ -118,7 +118,7 @@ class ComputationGraphBuilder(NodeCollector):
             ) from None
         if retry is None:
             retry = RetryPolicy(
-                attempts=retry_attempts or 1,
+                attempts=1 if retry_attempts is None else retry_attempts,
                 backoff=parse_duration(retry_backoff, f"graph {name!r} retry_backoff")
                 if retry_backoff is not None
                 else 0.1,

@@ -96,3 +96,18 @@ def test_invalid_declaration_registers_nothing():
             return 1
 
     assert "never_registered" not in registered_accumulators()
+
+
+def test_polling_and_batch_without_an_interval_are_rejected() -> None:
+    from accumulators import DurationError, batch_accumulator, polling_accumulator
+
+    def no_interval() -> int:
+        return 1
+
+    def no_flush(events: list[int]) -> int:
+        return len(events)
+
+    with pytest.raises(DurationError, match="accumulator 'no_interval' interval"):
+        polling_accumulator(interval=None)(no_interval)  # type: ignore[arg-type]
+    with pytest.raises(DurationError, match="accumulator 'no_flush' flush_interval"):
+        batch_accumulator(flush_interval=None)(no_flush)  # type: ignore[arg-type]

@@ -259,3 +259,10 @@ def test_an_unknown_reactor_is_not_an_error_at_definition_time():
     builder = _build({"entry": {"inputs": ["a"]}}, {"entry": _ident_a}, reactor="declared_later")
     assert bound_graphs("declared_later") == ["g"]
     assert builder.execute({"a": 1}) == {"entry": 1}
+
+
+def test_zero_retry_attempts_is_rejected() -> None:
+    from engine import ComputationGraphBuilder
+
+    with pytest.raises(ValueError, match="retry attempts must be >= 1"):
+        ComputationGraphBuilder("g", reactor="r", graph={"a": {"inputs": ["x"]}}, retry_attempts=0)
