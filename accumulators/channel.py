@@ -43,7 +43,7 @@ class Envelope:
     accumulator: str
     value: Any
     acks: tuple[Ack, ...] = ()
-    seq: int = field(default_factory=lambda: next(_delivery_order))
+    seq: int = field(default_factory=_delivery_order.__next__)
 
     def settle(self) -> None:
         settle(self.acks)
@@ -80,11 +80,15 @@ class Channel:
         return len(self._items) < self.maxsize
 
     def put_nowait(self, envelope: Envelope) -> None:
-        if not self.has_space():
+        items = self._items
+        depth = len(items)
+        if depth >= self.maxsize:
             raise asyncio.QueueFull(f"channel {self.accumulator!r} is full ({self.maxsize})")
-        self._items.append(envelope)
-        self.high_water = max(self.high_water, len(self._items))
-        if not self.has_space():
+        items.append(envelope)
+        depth += 1
+        if depth > self.high_water:
+            self.high_water = depth
+        if depth >= self.maxsize:
             self._space.clear()
         self.on_put()
 

@@ -79,7 +79,16 @@ class AccumulatorRunner:
             self.filtered += 1
             settle(acks)
             return
-        if not self.channels:
+        channels = self.channels
+        if len(channels) == 1:  # the common case, without the fan-out bookkeeping
+            self.delivered += 1
+            self.last_value = value
+            self.last_delivered_at = time.time()
+            if self.on_delivered is not None:
+                self.on_delivered(self.name, value)
+            channels[0].put_nowait(Envelope(self.spec.name, value, acks))
+            return
+        if not channels:
             settle(acks)
             return
         for channel, envelope in self._envelopes(value, acks):

@@ -1,6 +1,10 @@
 """Connectors: Kafka source and sink, offset tracking, dead letters, other sinks."""
 
 from connectors.dead_letters import DeadLetter, DeadLetterSink, FanOutDeadLetters, MemoryDeadLetters
+from connectors.kafka_dead_letters import KafkaDeadLetters
+from connectors.kafka_sink import KafkaSink, json_serializer
+from connectors.kafka_source import KafkaSource
+from connectors.offsets import OffsetTracker
 from connectors.sinks import BaseSink, CallbackSink, LogSink, MemorySink, Sink
 
 __all__ = [
@@ -9,8 +13,13 @@ __all__ = [
     "DeadLetter",
     "DeadLetterSink",
     "FanOutDeadLetters",
+    "KafkaDeadLetters",
+    "KafkaSink",
+    "KafkaSource",
     "LogSink",
     "MemoryDeadLetters",
     "MemorySink",
+    "OffsetTracker",
     "Sink",
+    "json_serializer",
 ]

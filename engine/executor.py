@@ -30,6 +30,17 @@ class GraphExecutor:
         self.graph = topology.graph
         self._check_signatures()
         self.is_async = any(f.is_async or f.thread for f in self.functions.values())
+        # run_sync's plan: (name, fn, shape, entry inputs or None, parents), in order.
+        self._plan = [
+            (
+                name,
+                self.functions[name].fn,
+                topology.shapes[name],
+                topology.shapes[name].inputs if topology.shapes[name].is_entry else None,
+                topology.parents[name],
+            )
+            for name in topology.order
+        ]
 
     def _check_signatures(self) -> None:
         for name in self.topology.order:
@@ -105,17 +116,24 @@ class GraphExecutor:
         """Run an all-sync graph in topological order, without an event loop."""
         edges: dict[str, dict[str, Any]] = {}
         results: dict[str, Any] = {}
-        for name in self.topology.order:
-            shape = self.topology.shapes[name]
-            received = edges.get(name)
-            if not shape.is_entry and not received:
-                continue
-            args, kwargs = self._call_args(shape, inputs, received or {})
+        for name, fn, shape, entry_inputs, parents in self._plan:
             try:
-                output = self.functions[name].fn(*args, **kwargs)
+                if entry_inputs is not None:
+                    output = fn(**{key: inputs.get(key) for key in entry_inputs})
+                else:
+                    received = edges.get(name)
+                    if not received:
+                        continue
+                    if len(parents) == 1:
+                        output = fn(received[parents[0]])
+                    else:
+                        output = fn(**{p: received.get(p) for p in parents})
             except Exception as error:
                 raise NodeExecutionError(self.graph, name, f"raised {error!r}") from error
-            self._dispatch(shape, output, edges, results)
+            if shape.routes or shape.next:
+                self._dispatch(shape, output, edges, results)
+            else:
+                results[name] = output
         return results
 
     async def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -145,13 +163,21 @@ class GraphExecutor:
                 raise
 
         tasks = [asyncio.create_task(run_node(name)) for name in self.topology.order]
-        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:  # a failed node fails the graph: its other branches are cancelled
+            pending = [task for task in tasks if not task.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
         for future in finished.values():
             if future.done() and not future.cancelled():
                 future.exception()  # retrieved here; the first failure is raised below
-        for outcome in outcomes:  # topological order: the root failure comes first
-            if isinstance(outcome, BaseException):
-                raise outcome
+        failures = [task.exception() for task in tasks if not task.cancelled()]
+        for error in failures:  # topological order: the root failure comes first
+            if error is not None:
+                raise error
         return results
 
     async def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

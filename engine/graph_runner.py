@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import structlog
@@ -42,16 +43,90 @@ class GraphRunner:
         self.failures = 0
         self.last_error: str | None = None
         self.last_duration: float | None = None
+        # Sinks with ``submit`` are not awaited per fire (on_error="stop" must see failures).
+        self._defer = graph.on_error is OnError.DEAD_LETTER
+        self._redeliveries: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
         return self.graph.name
 
-    async def _attempt(self, inputs: dict[str, Any]) -> None:
-        outputs = await self.graph.executor.run(inputs)
+    async def _attempt(self, fire: Fire) -> None:
+        executor = self.graph.executor
+        if executor.is_async:
+            outputs = await executor.run(fire.inputs)
+        else:
+            outputs = executor.run_sync(fire.inputs)
         if outputs:
             for sink in self.sinks:
+                submit = getattr(sink, "submit", None) if self._defer else None
+                if submit is not None:
+                    # Hand the outputs over and let the fire settle once they are durable,
+                    # so the reactor can fire again while they are in flight.
+                    release = fire.hold()
+                    try:
+                        accepted = submit(
+                            self.name, outputs, partial(self._durable, fire, sink, outputs, release)
+                        )
+                    except BaseException:
+                        release()
+                        raise
+                    if accepted:
+                        continue
+                    release()
                 await sink.send(self.name, outputs)
+
+    def _durable(
+        self,
+        fire: Fire,
+        sink: Sink,
+        outputs: dict[str, Any],
+        release: Callable[[], None],
+        error: BaseException | None,
+    ) -> None:
+        """A submitted result was confirmed (or failed): release the fire, or retry."""
+        if error is None:
+            release()
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._redeliver(fire, sink, outputs, release, error)
+        )
+        self._redeliveries.add(task)
+        task.add_done_callback(self._redeliveries.discard)
+
+    async def _redeliver(
+        self,
+        fire: Fire,
+        sink: Sink,
+        outputs: dict[str, Any],
+        release: Callable[[], None],
+        error: BaseException,
+    ) -> None:
+        """Retry a failed delivery per the retry policy, then dead-letter the execution."""
+        policy = self.graph.retry
+        for attempt in range(2, policy.attempts + 1):
+            log.warning(
+                "sink delivery failed", graph=self.name, attempt=attempt - 1, error=str(error)
+            )
+            await asyncio.sleep(policy.delay(attempt - 1))
+            try:
+                await sink.send(self.name, outputs)
+                release()
+                return
+            except Exception as failure:
+                error = failure
+        self.failures += 1
+        self.last_error = f"sink delivery failed: {error}"
+        letter = DeadLetter(
+            kind="execution", reason=self.last_error, payload=fire.inputs, graph=self.name
+        )
+        try:
+            await self.dead_letters.send(letter)
+        except Exception:  # neither delivered nor dead-lettered: the inputs stay unsettled
+            log.exception("dead letter for an undeliverable result failed", graph=self.name)
+            return
+        self.observers.on_dead_letter(letter)
+        release()
 
     async def run(self, fire: Fire) -> None:
         started, clock = time.time(), time.perf_counter()
@@ -60,7 +135,7 @@ class GraphRunner:
         attempt = 0
         for attempt in range(1, policy.attempts + 1):
             try:
-                await self._attempt(fire.inputs)
+                await self._attempt(fire)
                 error = None
                 break
             except Exception as failure:
@@ -68,6 +143,9 @@ class GraphRunner:
                 log.warning(
                     "graph execution failed",
                     graph=self.name,
+                    node=getattr(failure, "node", None),
+                    reactor=self.graph.reactor_name,
+                    fire=fire.number,
                     attempt=attempt,
                     attempts=policy.attempts,
                     error=str(failure),
@@ -77,6 +155,8 @@ class GraphRunner:
         self.executions += 1
         self.last_duration = time.perf_counter() - clock
         node = error.node if isinstance(error, NodeExecutionError) else None
+        if error is None and not self.observers.observers:
+            return
         self.observers.on_execution(
             ExecutionRecord(
                 graph=self.name,

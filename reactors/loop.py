@@ -50,6 +50,7 @@ class ReactorLoop:
         self._paused = False
         self._stopping = False
         self._firing: asyncio.Task[None] | None = None
+        self._in_fire = False
         self._task: asyncio.Task[None] | None = None
         self.state = ReactorState.STOPPED
         self.last_fired_at: float | None = None
@@ -103,9 +104,12 @@ class ReactorLoop:
                     if task.cancelled() or task.exception() is not None:
                         return
                 if not self._paused:
-                    if self._firing is None:
+                    if self.policy.sequential:
+                        if not await self._fire_in_order():
+                            return
+                    elif self._firing is None:
                         self._start_next_fire()
-                    elif not self.policy.sequential:
+                    else:
                         self._drain()  # coalesce values that arrive while a graph runs
                 if self._stopping and self._firing is None and self._idle():
                     return
@@ -115,6 +119,29 @@ class ReactorLoop:
             if self._firing is not None:
                 with contextlib.suppress(Exception):
                     await self._firing
+
+    async def _fire_in_order(self) -> bool:
+        """``sequential``: one fire per envelope, awaited here (no task per fire).
+
+        Nothing is drained while a fire runs, so awaiting it inline behaves like the task
+        the ``latest`` strategy needs. Yields to the loop every few fires. False on failure.
+        """
+        fired = 0
+        while not self._paused:
+            envelope = self._oldest()
+            if envelope is None:
+                return True
+            self._in_fire = True
+            try:
+                await self._fire(self.policy.fire_with(envelope))
+            except Exception:
+                return False
+            finally:
+                self._in_fire = False
+            fired += 1
+            if fired % 64 == 0:
+                await asyncio.sleep(0)
+        return True
 
     def _start_next_fire(self) -> None:
         fire = self._next_fire()
@@ -169,10 +196,10 @@ class ReactorLoop:
     @property
     def busy(self) -> bool:
         """Whether a fire runs, or values wait in channels or in the cache to fire."""
-        if self._firing is not None:
+        if self._firing is not None or self._in_fire:
             return True
-        if self._paused:
-            return False
+        if self._paused or self.state is ReactorState.FAILED:
+            return False  # a failed reactor never fires again: what it holds is not "busy"
         if any(channel.depth for channel in self.channels.values()):
             return True
         return not self.policy.sequential and self.policy.ready()

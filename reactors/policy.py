@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,15 +12,28 @@ from reactors.declaration import InputStrategy, ReactionMode, ReactorSpec
 
 @dataclass(slots=True)
 class Fire:
-    """One firing: the input snapshot the graphs see and the envelopes it consumes."""
+    """One firing: the input snapshot the graphs see and the envelopes it consumes.
+
+    The reactor settles a fire once its graphs returned. A sink whose outputs are still in
+    flight takes a ``hold`` first; the envelopes settle when the last hold is released.
+    """
 
     number: int
     inputs: dict[str, Any]
     envelopes: list[Envelope] = field(default_factory=list)
+    holds: int = 1
+
+    def hold(self) -> Callable[[], None]:
+        """Delay settling until the returned release is called (exactly once)."""
+        self.holds += 1
+        return self.settle
 
     def settle(self) -> None:
-        for envelope in self.envelopes:
-            envelope.settle()
+        """Release one hold; the envelopes settle when none is left."""
+        self.holds -= 1
+        if self.holds == 0:
+            for envelope in self.envelopes:
+                envelope.settle()
 
 
 class FiringPolicy:

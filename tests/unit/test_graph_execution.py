@@ -400,3 +400,35 @@ async def test_failure_in_an_async_branch_is_the_error_raised():
     with pytest.raises(NodeExecutionError) as info:
         await builder.execute_async({"a": 1})
     assert info.value.node == "bad" and "bad input" in info.value.cause
+
+
+async def test_a_failed_branch_cancels_the_branches_still_running():
+    cancelled = asyncio.Event()
+
+    with ComputationGraphBuilder(
+        "stuck",
+        reactor="rx",
+        graph={"entry": {"inputs": ["a"], "next": ["hangs", "fails"]}, "hangs": {}, "fails": {}},
+    ) as builder:
+
+        @node
+        async def entry(a):
+            return a
+
+        @node
+        async def hangs(x):
+            try:
+                await asyncio.Event().wait()  # never set: only cancellation ends it
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        @node
+        async def fails(x):
+            await asyncio.sleep(0)
+            raise RuntimeError("broken")
+
+    with pytest.raises(NodeExecutionError) as info:
+        await asyncio.wait_for(builder.execute_async({"a": 1}), timeout=5)
+    assert info.value.node == "fails"
+    assert cancelled.is_set()

@@ -1,0 +1,236 @@
+"""A confluent-kafka producer whose delivery reports come back on the asyncio loop.
+
+One thread polls the producer; the delivery callbacks it serves are collected and handed
+to the event loop in batches (one ``call_soon_threadsafe`` per poll, not per message), so
+many messages can be in flight at once at little cost per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+log = structlog.get_logger("headrace.kafka")
+
+Delivered = Callable[[BaseException | None], None]
+"""Called on the event loop with ``None`` once a message is durable, else with the error."""
+
+LIBRDKAFKA_LOGGER = logging.getLogger("headrace.kafka.librdkafka")
+"""librdkafka's own log lines, through the standard library (and so structlog)."""
+
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "acks": "all",
+    "enable.idempotence": True,
+    "linger.ms": 1,
+    "compression.type": "none",
+    "logger": LIBRDKAFKA_LOGGER,
+}
+
+
+class ErrorLog:
+    """Logs client errors (broker down, ...) without flooding: each kind once per interval.
+
+    librdkafka keeps reconnecting by itself; these are reports, not failures to act on.
+    """
+
+    def __init__(self, what: str, interval: float = 30.0) -> None:
+        self.what = what
+        self.interval = interval
+        self.count = 0
+        self._last: dict[int, tuple[float, int]] = {}
+
+    def __call__(self, error: KafkaError) -> None:
+        self.count += 1
+        now = time.monotonic()
+        last, suppressed = self._last.get(error.code(), (-self.interval, 0))
+        if now - last < self.interval and not error.fatal():
+            self._last[error.code()] = (last, suppressed + 1)
+            return
+        self._last[error.code()] = (now, 0)
+        log.warning(
+            f"kafka {self.what} error", error=str(error), fatal=error.fatal(), repeats=suppressed
+        )
+
+
+class DeliveryProducer:
+    """Produces messages and calls ``on_delivered(error)`` on the loop for each of them."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        config: dict[str, Any] | None = None,
+        *,
+        max_in_flight: int = 100_000,
+        name: str = "producer",
+    ) -> None:
+        self.errors = ErrorLog(f"{name} producer")
+        self.config = {
+            **PRODUCER_DEFAULTS,
+            "error_cb": self.errors,
+            **(config or {}),
+            "bootstrap.servers": bootstrap_servers,
+        }
+        self.max_in_flight = max_in_flight
+        self.name = name
+        self.in_flight = 0
+        self.delivered = 0
+        self.failed = 0
+        self._producer: Producer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._reports: list[tuple[Delivered, BaseException | None]] = []
+        self._space = asyncio.Event()
+        self._idle = asyncio.Event()
+
+    @property
+    def started(self) -> bool:
+        return self._producer is not None
+
+    def start(self) -> None:
+        """Create the producer and its poll thread; call from the event loop."""
+        if self._producer is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._producer = Producer(self.config)
+        self._stopping.clear()
+        self._space.set()
+        self._idle.set()
+        self._thread = threading.Thread(
+            target=self._poll_forever, name=f"headrace-{self.name}-poll", daemon=True
+        )
+        self._thread.start()
+
+    # -- the poll thread ---------------------------------------------------------------
+    def _on_delivery(self, delivered: Delivered, error: KafkaError | None, _msg: Any) -> None:
+        self._reports.append((delivered, None if error is None else KafkaException(error)))
+
+    def _serve(self, timeout: float) -> None:
+        assert self._producer is not None
+        self._producer.poll(timeout)
+        if self._reports:
+            reports, self._reports = self._reports, []
+            assert self._loop is not None
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody waits any more
+                self._loop.call_soon_threadsafe(self._dispatch, reports)
+
+    def _poll_forever(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._serve(0.05)
+            except Exception:  # never let the delivery thread die
+                log.exception("kafka producer poll failed", producer=self.name)
+
+    # -- on the loop -------------------------------------------------------------------
+    def _dispatch(self, reports: list[tuple[Delivered, BaseException | None]]) -> None:
+        self.in_flight -= len(reports)
+        for delivered, error in reports:
+            if error is None:
+                self.delivered += 1
+            else:
+                self.failed += 1
+            try:
+                delivered(error)
+            except Exception:
+                log.exception("delivery callback failed", producer=self.name)
+        if self.in_flight < self.max_in_flight:
+            self._space.set()
+        if self.in_flight == 0:
+            self._idle.set()
+
+    def produce_nowait(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | str | None,
+        headers: list[tuple[str, bytes]] | None,
+        delivered: Delivered,
+    ) -> bool:
+        """Hand one message to the producer; False when too many are in flight (try later)."""
+        if self.in_flight >= self.max_in_flight:
+            self._space.clear()
+            return False
+        assert self._producer is not None, f"{self.name} is not started"
+        try:
+            self._producer.produce(
+                topic,
+                value,
+                key,
+                headers=headers,
+                on_delivery=partial(self._on_delivery, delivered),
+            )
+        except BufferError:
+            self._space.clear()
+            return False
+        self.in_flight += 1
+        self._idle.clear()
+        return True
+
+    async def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | str | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Produce one message and return once the broker confirmed it (raises on failure)."""
+        assert self._loop is not None
+        future: asyncio.Future[None] = self._loop.create_future()
+
+        def delivered(error: BaseException | None) -> None:
+            if not future.done():
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
+
+        while not self.produce_nowait(topic, value, key, headers, delivered):
+            self._space.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._space.wait(), 0.05)
+        await future
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every produced message has its delivery report handled."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self.in_flight:
+                    self._idle.clear()
+                    await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Flush what is in flight, stop the poll thread, and drop the producer."""
+        if self._producer is None:
+            return
+        drained = await self.drain(timeout)
+        self._stopping.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        if not drained:
+            remaining = await asyncio.to_thread(self._producer.flush, 1.0)
+            reports, self._reports = self._reports, []
+            self._dispatch(reports)
+            if remaining:
+                log.error("kafka producer closed with undelivered messages", remaining=remaining)
+        self._producer = None
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "in_flight": self.in_flight,
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "client_errors": self.errors.count,
+        }

@@ -1,0 +1,748 @@
+"""The Kafka source: one consumer per worker feeding stream and batch accumulators.
+
+All consumer calls run in one dedicated thread (a single-thread executor), so they are
+serialized; decoding and delivering messages happens on the event loop. Offsets are
+committed only once the events they carry are fully handled (see ``OffsetTracker``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from accumulators import AccumulatorInputError, AccumulatorKind, AccumulatorRunner, BatchRunner
+from accumulators.channel import SharedAck
+from connectors.dead_letters import DeadLetter
+from connectors.kafka_producer import LIBRDKAFKA_LOGGER, ErrorLog
+from connectors.offsets import OffsetTracker, PartitionOffsets
+
+if TYPE_CHECKING:
+    from engine.runtime import Runtime
+
+log = structlog.get_logger("headrace.kafka")
+
+TP = tuple[str, int]
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    "auto.offset.reset": "earliest",
+    "logger": LIBRDKAFKA_LOGGER,
+    # A fetch the broker holds open delays everything behind it on that connection,
+    # including the fetch that follows a resume: keep the long poll short.
+    "fetch.wait.max.ms": 100,
+}
+FORCED: dict[str, Any] = {"enable.auto.commit": False, "enable.auto.offset.store": False}
+PREVIEW_BYTES = 1024
+"""Dead letters of oversized messages carry only this much of the value."""
+
+
+class _Route:
+    """The runners fed by one topic, and how much room they have left."""
+
+    __slots__ = ("capacity", "is_async", "runners", "topic")
+
+    def __init__(self, topic: str, runners: list[AccumulatorRunner]) -> None:
+        self.topic = topic
+        self.runners = runners
+        self.is_async = any(
+            r.spec.kind is AccumulatorKind.STREAM and r.spec.is_async for r in runners
+        )
+        self.capacity = min(
+            min((c.maxsize for c in r.channels), default=1 << 30)
+            if not isinstance(r, BatchRunner)
+            else r.capacity
+            for r in runners
+        )
+
+    def room(self) -> int:
+        """How many more events every runner takes without waiting."""
+        room = 1 << 30
+        for runner in self.runners:
+            if not runner.has_space():
+                return 0
+            if isinstance(runner, BatchRunner):
+                room = min(room, runner.capacity - runner.buffered)
+            else:
+                for channel in runner.channels:
+                    room = min(room, channel.maxsize - channel.depth)
+        return room
+
+    def drained(self) -> bool:
+        """Room enough to resume a paused partition: at least half the capacity."""
+        return self.room() * 2 >= self.capacity
+
+
+class KafkaSource:
+    """Consumes the topics of stream accumulators and of batch accumulators with a topic.
+
+    ``accumulators`` limits it to those names; by default it takes every running
+    accumulator with a Kafka topic. Poison messages (null, too large, not JSON, rejected
+    by the accumulator) go to ``runtime.dead_letters`` and count as handled. A full
+    channel pauses the partitions feeding it until the channel drains.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        group_id: str,
+        *,
+        accumulators: Iterable[str] | None = None,
+        consumer_config: dict[str, Any] | None = None,
+        commit_interval: float = 1.0,
+        batch_size: int = 500,
+        poll_timeout: float = 0.1,
+        max_message_bytes: int = 1_000_000,
+        revoke_timeout: float = 5.0,
+        pause_after: float = 0.2,
+    ) -> None:
+        self._names = frozenset(accumulators) if accumulators is not None else None
+        self._errors = ErrorLog("consumer")
+        self.accumulators: frozenset[str] = self._names or frozenset()
+        self.group_id = group_id
+        self.commit_interval = commit_interval
+        self.batch_size = batch_size
+        self.poll_timeout = poll_timeout
+        self.max_message_bytes = max_message_bytes
+        self.revoke_timeout = revoke_timeout
+        self.pause_after = pause_after
+        self.config: dict[str, Any] = {
+            **CONSUMER_DEFAULTS,
+            "partition.assignment.strategy": "cooperative-sticky",
+            **(consumer_config or {}),
+            **FORCED,
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": group_id,
+            "error_cb": self._errors,
+            "on_commit": self._on_commit_thread,
+        }
+        strategy = str(self.config["partition.assignment.strategy"])
+        self._cooperative = "cooperative" in strategy
+        self.tracker = OffsetTracker()
+        self._routes: dict[str, _Route] = {}
+        self._runtime: Runtime | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._consumer: Consumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._assigned: set[TP] = set()
+        self._paused: set[TP] = set()  # partitions we hold paused
+        self._to_pause: dict[TP, int | None] = {}  # to pause before the next fetch (+ seek)
+        self._resume_scheduled = False
+        self._space = asyncio.Event()
+        self._dead_letter_tasks: set[asyncio.Task[None]] = set()
+        self._last_commit = time.monotonic()
+        self._lag: dict[TP, int] = {}
+        self.stats = {
+            "messages": 0,
+            "dead_letters": 0,
+            "pauses": 0,
+            "resumes": 0,
+            "commits": 0,
+            "commit_failures": 0,
+            "rebalances": 0,
+            "errors": 0,
+        }
+
+    # -- wiring ------------------------------------------------------------------------
+    def _select(self, runtime: Runtime) -> dict[str, list[AccumulatorRunner]]:
+        kinds = (AccumulatorKind.STREAM, AccumulatorKind.BATCH)
+        if self._names is None:
+            names = [  # an accumulator that names another consumer group is not ours
+                name
+                for name, runner in runtime.accumulators.items()
+                if runner.spec.topic and runner.spec.kind in kinds
+                if runner.spec.source_type == "kafka" and runner.spec.group in (None, self.group_id)
+            ]
+        else:
+            names = sorted(self._names)
+            for name in names:
+                runner = runtime.accumulators.get(name)
+                if runner is None:
+                    known = ", ".join(sorted(runtime.accumulators)) or "none"
+                    raise ValueError(
+                        f"KafkaSource: accumulator {name!r} is not running (running: {known})"
+                    )
+                if not runner.spec.topic or runner.spec.kind not in kinds:
+                    raise ValueError(
+                        f"KafkaSource: accumulator {name!r} ({runner.spec.kind.value}) has no "
+                        "Kafka topic; only stream and batch accumulators with a topic can be fed"
+                    )
+        topics: dict[str, list[AccumulatorRunner]] = {}
+        for name in names:
+            runner = runtime.accumulators[name]
+            topics.setdefault(runner.spec.topic, []).append(runner)  # type: ignore[arg-type]
+        return topics
+
+    async def start(self, runtime: Runtime) -> None:
+        """Subscribe to the topics of the accumulators and start fetching."""
+        self._runtime = runtime
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        topics = self._select(runtime)
+        self.accumulators = frozenset(r.name for rs in topics.values() for r in rs)
+        self._routes = {topic: _Route(topic, runners) for topic, runners in topics.items()}
+        if not topics:
+            log.warning("kafka source has no accumulator with a topic", group=self.group_id)
+            return
+        for route in self._routes.values():
+            for runner in route.runners:
+                for channel in runner.channels:
+                    channel.add_space_listener(self._on_space)
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, "headrace-kafka-consumer")
+        self._stopping = False
+        await self._call(self._open, sorted(topics))
+        self._task = asyncio.create_task(self._fetch_loop(), name="kafka-source")
+        log.info("kafka source started", group=self.group_id, topics=sorted(topics))
+
+    def _open(self, topics: list[str]) -> None:
+        self._consumer = Consumer(self.config)
+        self._consumer.subscribe(
+            topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` on the consumer thread (every consumer call goes through here)."""
+        assert self._loop is not None and self._executor is not None
+        return await self._loop.run_in_executor(self._executor, fn, *args)
+
+    # -- fetching ----------------------------------------------------------------------
+    def _fetch(self, limit: int) -> list[Message]:
+        """Consumer thread: take what is ready; when nothing is, wait for the first message.
+
+        ``consume(n, timeout)`` waits to fill the whole batch, so it is only called
+        without a timeout; ``poll`` returns as soon as one message arrives.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        messages = consumer.consume(limit, 0)
+        if messages:
+            return messages
+        first = consumer.poll(self.poll_timeout)
+        if first is None:
+            return []
+        return [first, *consumer.consume(limit - 1, 0)] if limit > 1 else [first]
+
+    async def _fetch_loop(self) -> None:
+        while not self._stopping:
+            try:
+                limit = await self._wait_for_room()
+                if self._to_pause:
+                    pauses, self._to_pause = self._to_pause, {}
+                    failed = await self._call(self._pause_and_seek, pauses)
+                    for tp, offset in failed.items():  # keep the partition out until it works
+                        if tp in self._paused:
+                            self._to_pause.setdefault(tp, offset)
+                messages = await self._call(self._fetch, limit)
+            except RuntimeError:  # consumer closed under us
+                return
+            except KafkaException as error:
+                self.stats["errors"] += 1
+                log.warning("kafka consume failed", error=str(error))
+                await asyncio.sleep(self.poll_timeout)
+                continue
+            try:
+                if messages:
+                    await self._handle(messages)
+                if self._paused:
+                    self._try_resume()
+                if time.monotonic() - self._last_commit >= self.commit_interval:
+                    await self._commit(asynchronous=True)
+            except Exception:
+                self.stats["errors"] += 1
+                log.exception("kafka source iteration failed")
+                await asyncio.sleep(self.poll_timeout)
+
+    def _active(self, route: _Route) -> list[TP]:
+        return [tp for tp in self._assigned if tp[0] == route.topic and tp not in self._paused]
+
+    async def _wait_for_room(self) -> int:
+        """Wait until every route being fetched has room for a batch; returns the batch size.
+
+        A route without room is paused at once when others still take events, or after
+        ``pause_after`` seconds when nothing could be fetched anyway (a short wait lets a
+        busy reactor catch up without purging what librdkafka prefetched).
+        """
+        deadline: float | None = None
+        while True:
+            limit = self.batch_size
+            short: list[_Route] = []
+            fetching = 0
+            for route in self._routes.values():
+                if not self._active(route):
+                    continue
+                room = route.room()
+                if room < min(self.batch_size, max(1, route.capacity // 2)):
+                    short.append(route)
+                else:
+                    fetching += 1
+                    limit = min(limit, room)
+            if not short:
+                return max(1, limit)
+            now = time.monotonic()
+            deadline = deadline if deadline is not None else now + self.pause_after
+            if fetching or now >= deadline or self._stopping:
+                for route in short:
+                    for tp in self._active(route):
+                        self._pause(tp, None)
+                continue
+            self._space.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._space.wait(), deadline - now)
+
+    # -- handling messages (event loop) ------------------------------------------------
+    async def _handle(self, messages: list[Message]) -> None:
+        """Decode and deliver a batch; per partition run, look-ups happen once."""
+        routes = self._routes
+        paused = self._paused
+        assigned = self._assigned
+        loads = orjson.loads
+        limit = self.max_message_bytes
+        rooms: dict[str, int] = {}
+        count = 0
+        current: tuple[str, int] | None = None
+        skip = True
+        route: _Route | None = None
+        state: PartitionOffsets | None = None
+        for msg in messages:
+            if msg.error() is not None:
+                self._on_message_error(msg)
+                continue
+            topic = msg.topic()
+            partition = msg.partition()
+            if current is None or partition != current[1] or topic != current[0]:
+                current = (topic, partition)
+                route = routes.get(topic)
+                skip = route is None or current not in assigned
+                state = None if skip else self.tracker.partition(current)
+            if skip:
+                continue  # not ours any more
+            assert route is not None and state is not None
+            offset = msg.offset()
+            if current in paused:
+                # Fetched before the pause took effect: rewind the partition to the first
+                # offset not taken yet, so that nothing is skipped for good.
+                rewind = state.last_begun + 1 if state.last_begun >= 0 else offset
+                pending = self._to_pause.get(current)
+                if pending is None or rewind < pending:
+                    self._to_pause[current] = rewind
+                continue
+            room = rooms.get(topic, 0)
+            if room <= 0:
+                room = route.room()
+                if room <= 0:  # full: pause, and fetch from here again on resume
+                    self._pause(current, state.last_begun + 1 if state.last_begun >= 0 else offset)
+                    continue
+            rooms[topic] = room - 1
+            if offset <= state.last_begun:
+                continue  # already taken (fetched again after a seek)
+            state.begin(offset)
+            ack = partial(state.done, offset)
+            count += 1
+            value = msg.value()
+            try:
+                if value is None:
+                    self._dead_letter(route, msg, "null value", ack)
+                    continue
+                if len(value) > limit:
+                    reason = f"value of {len(value)} bytes exceeds max_message_bytes={limit}"
+                    self._dead_letter(route, msg, reason, ack, value[:PREVIEW_BYTES])
+                    continue
+                try:
+                    event = loads(value)
+                except orjson.JSONDecodeError as error:
+                    self._dead_letter(route, msg, f"not JSON: {error}", ack)
+                    continue
+                runners = route.runners
+                if len(runners) == 1:
+                    runner = runners[0]
+                    try:
+                        if route.is_async:
+                            await runner.offer(event, (ack,))
+                        else:
+                            runner.offer_nowait(event, (ack,))
+                    except AccumulatorInputError as error:
+                        self._dead_letter(route, msg, error.reason, ack, accumulator=runner.name)
+                else:
+                    await self._offer_many(route, msg, event, ack)
+            except Exception as error:  # never drop a taken message silently
+                log.exception("unexpected error handling a message", topic=topic, offset=offset)
+                self._dead_letter(route, msg, f"unexpected error: {error!r}", ack)
+        self.stats["messages"] += count
+
+    async def _offer_many(
+        self, route: _Route, msg: Message, event: Any, ack: Callable[[], None]
+    ) -> None:
+        shared = SharedAck((ack,), len(route.runners))
+        for runner in route.runners:
+            try:
+                if runner.spec.kind is AccumulatorKind.STREAM and runner.spec.is_async:
+                    await runner.offer(event, (shared,))
+                else:
+                    runner.offer_nowait(event, (shared,))
+            except AccumulatorInputError as error:
+                self._dead_letter(route, msg, error.reason, shared, accumulator=runner.name)
+
+    def _on_message_error(self, msg: Message) -> None:
+        error: KafkaError = msg.error()
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        self.stats["errors"] += 1
+        log.warning(
+            "kafka consumer error",
+            error=str(error),
+            topic=msg.topic(),
+            partition=msg.partition(),
+            retriable=error.retriable(),
+        )
+
+    # -- dead letters ------------------------------------------------------------------
+    def _dead_letter(
+        self,
+        route: _Route,
+        msg: Message,
+        reason: str,
+        ack: Callable[[], None],
+        payload: bytes | None = None,
+        accumulator: str | None = None,
+    ) -> None:
+        letter = DeadLetter(
+            kind="message",
+            reason=reason,
+            payload=msg.value() if payload is None else payload,
+            accumulator=accumulator or ",".join(r.name for r in route.runners),
+            topic=msg.topic(),
+            partition=msg.partition(),
+            offset=msg.offset(),
+        )
+        task = asyncio.get_running_loop().create_task(self._send_dead_letter(letter, ack))
+        self._dead_letter_tasks.add(task)
+        task.add_done_callback(self._dead_letter_tasks.discard)
+
+    async def _send_dead_letter(self, letter: DeadLetter, ack: Callable[[], None]) -> None:
+        """Send until it is durable (the offset waits for it), then count it as handled."""
+        assert self._runtime is not None
+        delay = 0.1
+        while True:
+            try:
+                await self._runtime.dead_letters.send(letter)
+                break
+            except Exception as error:
+                log.warning(
+                    "dead letter not sent; retrying",
+                    topic=letter.topic,
+                    partition=letter.partition,
+                    offset=letter.offset,
+                    error=str(error),
+                )
+                if isinstance(letter.payload, bytes) and len(letter.payload) > PREVIEW_BYTES:
+                    letter = DeadLetter(
+                        **{**letter.as_dict(), "payload": letter.payload[:PREVIEW_BYTES]}
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self.stats["dead_letters"] += 1
+        self._runtime.observers.on_dead_letter(letter)
+        ack()
+
+    # -- backpressure ------------------------------------------------------------------
+    def _pause(self, tp: TP, offset: int | None) -> None:
+        """Stop taking ``tp``; before the next fetch it is paused and, with an offset,
+        rewound to it (the first event not delivered)."""
+        self._paused.add(tp)
+        self._to_pause[tp] = offset
+        self.stats["pauses"] += 1
+
+    def _pause_and_seek(self, pauses: dict[TP, int | None]) -> dict[TP, int | None]:
+        """Consumer thread: pause, then seek back; returns what failed (to try again)."""
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            current = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+            pauses = {tp: offset for tp, offset in pauses.items() if tp in current}
+            if pauses:
+                consumer.pause([TopicPartition(t, p) for t, p in pauses])
+        except KafkaException as error:
+            log.warning("pause failed", error=str(error))
+            return pauses
+        failed: dict[TP, int | None] = {}
+        for (topic, partition), offset in pauses.items():
+            if offset is None:
+                continue
+            try:  # pause first, then seek: librdkafka resumes at the seek offset
+                consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as error:
+                log.warning("seek failed", topic=topic, partition=partition, error=str(error))
+                failed[(topic, partition)] = offset
+        return failed
+
+    def _on_space(self) -> None:
+        """Channel listener: called whenever a reactor takes a value."""
+        self._space.set()
+        if self._paused and not self._resume_scheduled and self._loop is not None:
+            self._resume_scheduled = True
+            self._loop.call_soon(self._try_resume)
+
+    def _try_resume(self) -> None:
+        self._resume_scheduled = False
+        if self._stopping or self._executor is None:
+            return
+        ready = [
+            tp
+            for tp in self._paused
+            if tp not in self._to_pause and (route := self._routes.get(tp[0])) and route.drained()
+        ]
+        if not ready:
+            return
+        self._paused.difference_update(ready)
+        self.stats["resumes"] += len(ready)
+        try:
+            done = self._executor.submit(self._resume, ready)
+        except RuntimeError:  # shut down
+            return
+        done.add_done_callback(self._resumed)
+
+    def _resumed(self, done: concurrent.futures.Future[list[TP]]) -> None:
+        """A resume that failed leaves its partitions paused: hold them, try again later."""
+        failed = done.result() if done.exception() is None else []
+        if failed and self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._paused.update, failed)
+
+    def _resume(self, ready: list[TP]) -> list[TP]:
+        """Consumer thread: resume ``ready``; returns those that could not be resumed."""
+        consumer = self._consumer
+        if consumer is None:
+            return []
+        current = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        tps = [TopicPartition(t, p) for t, p in ready if (t, p) in current]
+        if not tps:
+            return []
+        try:
+            consumer.resume(tps)
+        except KafkaException as error:
+            log.warning("resume failed", error=str(error))
+            return [(tp.topic, tp.partition) for tp in tps]
+        # librdkafka's fetcher notices a resume only when its broker thread next wakes
+        # (up to ~1 s later); a request to each partition's leader wakes it now.
+        for tp in tps:
+            with contextlib.suppress(KafkaException):
+                consumer.get_watermark_offsets(tp, timeout=0.5)
+        return []
+
+    # -- rebalancing (consumer thread, hopping to the loop) ------------------------------
+    def _on_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` on the event loop from the consumer thread and wait for its result."""
+        assert self._loop is not None
+        if threading.get_ident() == self._loop_thread:
+            return fn(*args)
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn(*args))
+            except BaseException as error:
+                done.set_exception(error)
+
+        try:
+            self._loop.call_soon_threadsafe(run)
+        except RuntimeError:  # loop closed
+            return None
+        return done.result(timeout=self.revoke_timeout + 30)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._cooperative:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
+        tps = [(p.topic, p.partition) for p in partitions]
+        to_pause = self._on_loop(self._assigned_on_loop, tps) or []
+        if to_pause:
+            consumer.pause([TopicPartition(t, p) for t, p in to_pause])
+        log.info("partitions assigned", group=self.group_id, partitions=tps, paused=to_pause)
+
+    def _assigned_on_loop(self, tps: list[TP]) -> list[TP]:
+        """Track new partitions; returns those to pause (ours already, or channel full)."""
+        self.stats["rebalances"] += 1
+        self._assigned.update(tps)
+        for tp in tps:
+            self._to_pause.pop(tp, None)  # a fresh assignment starts at the committed offset
+            route = self._routes.get(tp[0])
+            if tp not in self._paused and route is not None and not route.drained():
+                self._paused.add(tp)
+                self.stats["pauses"] += 1
+        return [tp for tp in self._paused if tp in self._assigned]
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = [(p.topic, p.partition) for p in partitions]
+        offsets: dict[TP, int] = {}
+        assert self._loop is not None
+        try:
+            waited = asyncio.run_coroutine_threadsafe(self._revoke_on_loop(tps), self._loop)
+            offsets = waited.result(timeout=self.revoke_timeout + 30)
+        except (RuntimeError, concurrent.futures.TimeoutError) as error:
+            log.warning("revoke: could not reach the event loop", error=repr(error))
+        if offsets:
+            self._commit_sync(consumer, offsets)
+        self._on_loop(self._drop_on_loop, tps)
+        if self._cooperative:
+            consumer.incremental_unassign(partitions)
+        else:
+            consumer.unassign()
+        log.info("partitions revoked", group=self.group_id, partitions=tps, committed=offsets)
+
+    async def _revoke_on_loop(self, tps: list[TP]) -> dict[TP, int]:
+        """Give in-flight events of ``tps`` a moment to finish; return what to commit."""
+        self.stats["rebalances"] += 1
+        for tp in tps:
+            self._assigned.discard(tp)
+            self._paused.discard(tp)
+            self._to_pause.pop(tp, None)
+        deadline = time.monotonic() + self.revoke_timeout
+        while (
+            not (self._runtime is not None and self._runtime.failed())
+            and any(self.tracker.in_flight(tp) for tp in tps)
+            and time.monotonic() < deadline
+        ):
+            await asyncio.sleep(0.01)
+        return self.tracker.committable(tps)
+
+    def _drop_on_loop(self, tps: list[TP]) -> None:
+        self.tracker.revoke(tps)
+        for tp in tps:
+            self._lag.pop(tp, None)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = [(p.topic, p.partition) for p in partitions]
+        self._on_loop(self._lost_on_loop, tps)
+        if self._cooperative:
+            consumer.incremental_unassign(partitions)
+        else:
+            consumer.unassign()
+        log.warning("partitions lost", group=self.group_id, partitions=tps)
+
+    def _lost_on_loop(self, tps: list[TP]) -> None:
+        self.stats["rebalances"] += 1
+        for tp in tps:
+            self._assigned.discard(tp)
+            self._paused.discard(tp)
+            self._to_pause.pop(tp, None)
+        self._drop_on_loop(tps)
+
+    # -- committing --------------------------------------------------------------------
+    async def _commit(self, asynchronous: bool) -> None:
+        self._last_commit = time.monotonic()
+        offsets = self.tracker.committable()
+        if asynchronous:
+            await self._call(self._commit_async, offsets)
+        elif offsets:
+            committed = await self._call(self._commit_sync, self._consumer, offsets)
+            self.tracker.mark_committed(committed)
+
+    def _commit_async(self, offsets: dict[TP, int]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        if offsets:
+            tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+            try:
+                consumer.commit(offsets=tps, asynchronous=True)
+            except KafkaException as error:
+                self.stats["commit_failures"] += 1
+                log.warning("commit failed", error=str(error))
+        self._update_lag(consumer)
+
+    def _commit_sync(self, consumer: Consumer | None, offsets: dict[TP, int]) -> dict[TP, int]:
+        """Commit and wait (consumer thread); returns what the broker accepted."""
+        if consumer is None or not offsets:
+            return {}
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            result = consumer.commit(offsets=tps, asynchronous=False) or []
+        except KafkaException as error:
+            self.stats["commit_failures"] += 1
+            log.warning("commit failed", error=str(error), offsets=offsets)
+            return {}
+        accepted = {(tp.topic, tp.partition): tp.offset for tp in result if tp.error is None}
+        self.stats["commits"] += 1
+        return accepted
+
+    def _on_commit_thread(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """Async commit result (served on the consumer thread)."""
+        if error is not None:
+            self.stats["commit_failures"] += 1
+            if error.code() != KafkaError._NO_OFFSET:
+                log.warning("commit failed", error=str(error))
+            return
+        accepted = {(tp.topic, tp.partition): tp.offset for tp in partitions if tp.error is None}
+        self.stats["commits"] += 1
+        if accepted and self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self.tracker.mark_committed, accepted)
+
+    def _update_lag(self, consumer: Consumer) -> None:
+        try:
+            assignment = consumer.assignment()
+            if not assignment:
+                self._lag = {}
+                return
+            lag: dict[TP, int] = {}
+            for tp in consumer.position(assignment):
+                marks = consumer.get_watermark_offsets(tp, cached=True)
+                if marks and marks[1] >= 0 and tp.offset >= 0:
+                    lag[(tp.topic, tp.partition)] = max(0, marks[1] - tp.offset)
+            self._lag = lag
+        except KafkaException:
+            pass
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def stop(self) -> None:
+        """Stop fetching; events already taken keep flowing through the reactors."""
+        self._stopping = True
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def close(self) -> None:
+        """Send pending dead letters, commit what is done, leave the group."""
+        self._stopping = True
+        if self._dead_letter_tasks:
+            await asyncio.gather(*list(self._dead_letter_tasks), return_exceptions=True)
+        if self._executor is None:
+            return
+        try:
+            await self._commit(asynchronous=False)
+            await self._call(self._close_consumer)
+        finally:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        log.info("kafka source closed", group=self.group_id, **self.stats)
+
+    def _close_consumer(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close()  # revokes (and commits) through _on_revoke
+            finally:
+                self._consumer = None
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "type": "kafka",
+            "group": self.group_id,
+            "topics": sorted(self._routes),
+            "accumulators": sorted(self.accumulators),
+            "assigned": sorted(f"{t}[{p}]" for t, p in self._assigned),
+            "paused": sorted(f"{t}[{p}]" for t, p in self._paused),
+            "lag": {f"{t}[{p}]": lag for (t, p), lag in sorted(self._lag.items())},
+            "in_flight": self.tracker.in_flight(),
+            **self.stats,
+            "client_errors": self._errors.count,
+        }
