@@ -5,7 +5,15 @@ from connectors.kafka_dead_letters import KafkaDeadLetters
 from connectors.kafka_sink import KafkaSink, json_serializer
 from connectors.kafka_source import KafkaSource
 from connectors.offsets import OffsetTracker
-from connectors.sinks import BaseSink, CallbackSink, LogSink, MemorySink, Sink
+from connectors.sinks import (
+    BaseSink,
+    CallbackSink,
+    LogSink,
+    MemorySink,
+    ResultStore,
+    Sink,
+    StoreSink,
+)
 
 __all__ = [
     "BaseSink",
@@ -20,6 +28,8 @@ __all__ = [
     "MemoryDeadLetters",
     "MemorySink",
     "OffsetTracker",
+    "ResultStore",
     "Sink",
+    "StoreSink",
     "json_serializer",
 ]

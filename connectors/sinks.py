@@ -69,6 +69,26 @@ class MemorySink(BaseSink):
         return self.results
 
 
+class ResultStore(Protocol):
+    """Anything that keeps graph results, e.g. ``engine.state_store.StateStore``."""
+
+    async def write_result(self, graph: str, outputs: dict[str, Any]) -> None:
+        """Keep one execution's terminal outputs; return once they are durable."""
+
+
+class StoreSink(BaseSink):
+    """Writes every result to a store (the worker's state store for ``type = "state_store"``).
+
+    The store's lifecycle belongs to its owner: the sink neither opens nor closes it.
+    """
+
+    def __init__(self, store: ResultStore) -> None:
+        self.store = store
+
+    async def send(self, graph: str, outputs: dict[str, Any]) -> None:
+        await self.store.write_result(graph, outputs)
+
+
 class LogSink(BaseSink):
     """Logs every result as a structured line."""
 

@@ -8,14 +8,16 @@ A worker loads one or more TOML files. Each file may hold any of these sections:
     bootstrap_servers = "${KAFKA_BOOTSTRAP_SERVERS}"
     group_id = "prices"
     [worker.http]         host, port, token, enabled
-    [worker.state_store]  url, retention_executions, retention_dead_letters, prune_interval
+    [worker.state_store]  enabled, url, retention_executions, retention_dead_letters,
+                          retention_results, prune_interval
     [worker.dead_letters] kafka, topic_suffix, execution_topic, state_store
     [worker.log]          format (auto|json|console), level
 
     [accumulators.NAME]   kind, topic, group, model, function, interval, flush_interval, ...
     [reactors.NAME]       accumulators, mode, strategy
     [graphs.NAME]         module, reactor, topology, retry, on_error, sinks
-    [sinks.NAME]          type (kafka|log|callback), topic, key, function, producer
+    [sinks.NAME]          type (kafka|log|callback|state_store), topic, key, function,
+                          producer; state_store writes results to the worker's state store
 
 Every problem is reported as ``file: field.path: reason`` (see ``ConfigIssue``); the
 cross-file checks live in ``engine.config_loader``.
@@ -254,6 +256,7 @@ class StateStoreConfig(Model):
     url: NonEmpty = "sqlite:///headrace-state.db"
     retention_executions: int = Field(10_000, ge=1)
     retention_dead_letters: int = Field(10_000, ge=1)
+    retention_results: int = Field(100_000, ge=1)
     prune_interval: Duration = 60.0
 
 
@@ -369,11 +372,12 @@ class GraphConfig(Model):
     sinks: Annotated[list[NonEmpty], BeforeValidator(_one_or_many)] = Field(default_factory=list)
 
 
-SinkType = Literal["kafka", "log", "callback"]
+SinkType = Literal["kafka", "log", "callback", "state_store"]
 
 
 class SinkConfig(Model):
-    """Where graph results go. ``kafka`` needs ``topic``; ``callback`` needs ``function``."""
+    """Where graph results go. ``kafka`` needs ``topic``; ``callback`` needs ``function``;
+    ``state_store`` writes to the worker's state store (``worker.state_store`` enabled)."""
 
     type: SinkType
     topic: NonEmpty | None = None

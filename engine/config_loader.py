@@ -82,6 +82,7 @@ _SINK_FIELDS: dict[str, set[str]] = {
     "kafka": {"topic", "key", "producer"},
     "log": set(),
     "callback": {"function"},
+    "state_store": set(),
 }
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -777,6 +778,15 @@ class Resolver:
                     )
             if cfg.type == "kafka" and cfg.topic is None:
                 self.add(file, (*at, "topic"), "required for a kafka sink")
+            if cfg.type == "state_store" and not worker.state_store.enabled:
+                where = self.m.worker_file or "the worker settings"
+                self.add(
+                    file,
+                    (*at, "type"),
+                    "a state_store sink writes to the worker's state store, which is "
+                    f"disabled (worker.state_store.enabled = false in {where}): enable it "
+                    "or use another sink type",
+                )
             if cfg.type == "callback":
                 if cfg.function is None:
                     self.add(file, (*at, "function"), "required for a callback sink")

@@ -75,6 +75,10 @@ class Executions(BaseModel):
     executions: list[dict[str, Any]]
 
 
+class Results(BaseModel):
+    results: list[dict[str, Any]]
+
+
 class DeadLetters(BaseModel):
     dead_letters: list[dict[str, Any]]
 
@@ -251,6 +255,14 @@ def create_app(
         """Recent graph executions from the state store, newest first."""
         rows = await asyncio.to_thread(_need_store(store).executions, graph, limit)
         return Executions(executions=rows)
+
+    @api.get("/v1/results", tags=["history"], responses={404: {}})
+    async def results(
+        graph: str | None = None, limit: Annotated[int, Query(ge=1, le=10_000)] = 100
+    ) -> Results:
+        """Recent graph results kept by ``state_store`` sinks, newest first."""
+        rows = await asyncio.to_thread(_need_store(store).results, graph, limit)
+        return Results(results=rows)
 
     @api.get("/v1/dead-letters", tags=["history"], responses={404: {}})
     async def dead_letters(limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> DeadLetters:

@@ -2,7 +2,8 @@
 
 SQLite file by default, PostgreSQL (``postgresql+psycopg://...``) for fleets of workers
 sharing one store. Timestamps are Unix seconds. Tables: ``headrace_executions``,
-``headrace_dead_letters``, ``headrace_accumulator_values``. To keep several deployments in
+``headrace_dead_letters``, ``headrace_accumulator_values`` and ``headrace_results`` (graph
+outputs written by a ``state_store`` sink). To keep several deployments in
 one PostgreSQL database, give each its own schema through the URL, e.g.
 ``?options=-csearch_path%3Dmyteam``.
 """
@@ -105,6 +106,16 @@ dead_letters_table = sa.Table(
     sa.Column("worker", sa.String(255), nullable=False),
 )
 
+results_table = sa.Table(
+    "headrace_results",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("graph", sa.String(255), nullable=False, index=True),
+    sa.Column("outputs", _json()),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Column("worker", sa.String(255), nullable=False),
+)
+
 values_table = sa.Table(
     "headrace_accumulator_values",
     metadata,
@@ -138,12 +149,14 @@ class StateStore:
     """Keeps execution history, dead letters and last accumulator values in SQL.
 
     Use it as a runtime observer (``attach(runtime)`` before start), as the runtime's
-    dead-letter sink (``send`` writes durably before returning), and after start call
+    dead-letter sink (``send`` writes durably before returning), as the store behind a
+    ``StoreSink`` (``write_result`` writes durably before returning), and after start call
     ``await restore_into(runtime)``. Observer hooks only enqueue; a background thread writes
     in batches every ``flush_interval`` seconds and prunes every ``prune_interval``. When more
     than ``queue_size`` execution records wait, the oldest are dropped and counted; dead
-    letters are never queued nor dropped. Dead letters reach the store only through ``send``:
-    make it (or a ``FanOutDeadLetters`` holding it) the runtime's ``dead_letters``.
+    letters and results are never queued nor dropped. Dead letters reach the store only
+    through ``send``: make it (or a ``FanOutDeadLetters`` holding it) the runtime's
+    ``dead_letters``.
     """
 
     def __init__(
@@ -152,6 +165,7 @@ class StateStore:
         *,
         retention_executions: int = 10_000,
         retention_dead_letters: int = 100_000,
+        retention_results: int = 100_000,
         worker_id: str | None = None,
         accumulators: Iterable[str] | None = None,
         queue_size: int = 10_000,
@@ -161,6 +175,7 @@ class StateStore:
         for name, number in (
             ("retention_executions", retention_executions),
             ("retention_dead_letters", retention_dead_letters),
+            ("retention_results", retention_results),
             ("queue_size", queue_size),
         ):
             if number < 1:
@@ -175,6 +190,7 @@ class StateStore:
             )
         self.retention_executions = retention_executions
         self.retention_dead_letters = retention_dead_letters
+        self.retention_results = retention_results
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.flush_interval = flush_interval
         self.prune_interval = prune_interval
@@ -193,6 +209,7 @@ class StateStore:
         self.dropped_executions = 0
         self.written_executions = 0
         self.written_dead_letters = 0
+        self.written_results = 0
         self.write_errors = 0
         self.last_error: str | None = None
 
@@ -360,6 +377,33 @@ class StateStore:
             "worker": self.worker_id,
         }
 
+    # -- graph results (the state_store sink) ------------------------------------------------
+    async def write_result(self, graph: str, outputs: dict[str, Any]) -> None:
+        """Write one graph result; returns once it is committed (retried on connection errors)."""
+        at = time.time()
+        for attempt in range(1, 4):
+            try:
+                await asyncio.to_thread(self.write_results, [(graph, outputs, at)])
+                return
+            except sa.exc.OperationalError as error:
+                if attempt == 3:
+                    raise
+                log.warning("result write failed; retrying", graph=graph, error=repr(error))
+                await asyncio.sleep(0.5 * attempt)
+
+    def write_results(self, results: Iterable[tuple[str, dict[str, Any], float]]) -> None:
+        """Insert ``(graph, outputs, at)`` rows in one transaction."""
+        rows = [
+            {"graph": graph, "outputs": outputs, "at": at, "worker": self.worker_id}
+            for graph, outputs, at in results
+        ]
+        if not rows:
+            return
+        with self._require_engine().begin() as conn:
+            conn.execute(results_table.insert(), rows)
+        with self._lock:
+            self.written_results += len(rows)
+
     # -- background writing ---------------------------------------------------------------
     def _run_writer(self) -> None:
         next_prune = time.monotonic() + self.prune_interval
@@ -442,12 +486,13 @@ class StateStore:
         self.written_executions += len(records)
 
     def prune(self) -> dict[str, int]:
-        """Delete execution records and dead letters beyond the retention counts."""
+        """Delete execution records, dead letters and results beyond the retention counts."""
         deleted = {}
         with self._require_engine().begin() as conn:
             for table, keep in (
                 (executions_table, self.retention_executions),
                 (dead_letters_table, self.retention_dead_letters),
+                (results_table, self.retention_results),
             ):
                 cutoff = (
                     sa.select(table.c.id).order_by(table.c.id.desc()).offset(keep).limit(1)
@@ -478,6 +523,15 @@ class StateStore:
         with self._require_engine().connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
+    def results(self, graph: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest graph results first (written by a ``state_store`` sink), optionally
+        of one graph; ``outputs`` is the graph's terminal outputs as JSON."""
+        query = sa.select(results_table).order_by(results_table.c.id.desc()).limit(limit)
+        if graph is not None:
+            query = query.where(results_table.c.graph == graph)
+        with self._require_engine().connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest dead letters first; byte payloads come back base64 encoded."""
         query = sa.select(dead_letters_table).order_by(dead_letters_table.c.id.desc()).limit(limit)
@@ -499,6 +553,7 @@ class StateStore:
             "queued": queued,
             "written_executions": self.written_executions,
             "written_dead_letters": self.written_dead_letters,
+            "written_results": self.written_results,
             "dropped_executions": self.dropped_executions,
             "write_errors": self.write_errors,
             "last_error": self.last_error,

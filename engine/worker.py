@@ -26,7 +26,7 @@ from connectors.dead_letters import (
     FanOutDeadLetters,
     MemoryDeadLetters,
 )
-from connectors.sinks import CallbackSink, LogSink, Sink
+from connectors.sinks import CallbackSink, LogSink, Sink, StoreSink
 from engine.config import SinkConfig, reveal
 from engine.config_loader import LoadedConfig, resolve_ref
 from engine.runtime import Runtime, Source
@@ -83,6 +83,12 @@ class Worker:
             if reason is not None or not callable(target):
                 raise WorkerError(f"sink {name!r}: {reason or 'function is not callable'}")
             return CallbackSink(target)
+        if cfg.type == "state_store":
+            if self.store is None:
+                raise WorkerError(
+                    f"sink {name!r}: a state_store sink needs worker.state_store enabled"
+                )
+            return StoreSink(self.store)
         raise WorkerError(f"sink {name!r}: unknown type {cfg.type!r}")
 
     def build_dead_letters(self) -> DeadLetterSink:
@@ -137,6 +143,7 @@ class Worker:
                 worker.state_store.url,
                 retention_executions=worker.state_store.retention_executions,
                 retention_dead_letters=worker.state_store.retention_dead_letters,
+                retention_results=worker.state_store.retention_results,
                 prune_interval=worker.state_store.prune_interval,
             )
         self.metrics = Metrics(store=self.store)

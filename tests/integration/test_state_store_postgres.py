@@ -55,12 +55,23 @@ def test_round_trip_on_postgres(schema_url: str) -> None:
             )
         )
         store.flush()
-        assert store.prune() == {"headrace_executions": 2, "headrace_dead_letters": 0}
+        asyncio.run(store.write_result("g", {"emit": {"s": "nul\x00", "n": float("nan")}}))
+        asyncio.run(store.write_result("h", {"emit": {"text": "4.0"}}))
+        assert store.prune() == {
+            "headrace_executions": 2,
+            "headrace_dead_letters": 0,
+            "headrace_results": 0,
+        }
         assert [(r["fire"], r["worker"]) for r in store.executions()] == [(3, "pg-1"), (2, "pg-1")]
         execution, message = store.dead_letters()
         assert execution["payload"] == {"s": "nul\x00", "n": 1.5}
         assert base64.b64decode(message["payload"]) == b"\x00\x01"
         assert (message["topic"], message["offset"]) == ("t", 3)
+        assert [(r["graph"], r["outputs"], r["worker"]) for r in store.results()] == [
+            ("h", {"emit": {"text": "4.0"}}, "pg-1"),
+            ("g", {"emit": {"s": "nul\x00", "n": None}}, "pg-1"),
+        ]
+        assert len(store.results(graph="g")) == 1
 
     with psycopg.connect(libpq_url(schema_url)) as conn:  # tables live in the test's schema
         schema = sa.make_url(schema_url).query["options"].split("=", 1)[1]
@@ -72,6 +83,7 @@ def test_round_trip_on_postgres(schema_url: str) -> None:
         "headrace_accumulator_values",
         "headrace_dead_letters",
         "headrace_executions",
+        "headrace_results",
     ]
 
 

@@ -29,6 +29,7 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from engine.state_store import StateStore
 from tests.fixtures.kafka_broker import (
     committed_offsets,
     consume_all,
@@ -243,7 +244,7 @@ mode = "when_all"
 [graphs.echo]
 module = "hr_worker_nodes"
 reactor = "orders_rx"
-sinks = ["out"]
+sinks = ["out", "history"]
 topology = { echo = { inputs = ["orders"] } }
 
 [graphs.checked]
@@ -260,6 +261,9 @@ key = "echo.id"
 [sinks.checked]
 type = "kafka"
 topic = "${CHECKED_TOPIC}"
+
+[sinks.history]
+type = "state_store"
 """
 
 
@@ -347,6 +351,9 @@ def test_run_end_to_end_restart_without_duplicates(
         what="executions in the state store",
     )
     assert {row["status"] for row in executions} == {"ok"}
+    results = http_get(base, "/v1/results?graph=echo&limit=1000").json()["results"]
+    assert sorted(row["outputs"]["echo"]["id"] for row in results) == list(range(30))
+    assert http_get(base, "/v1/results?graph=checked").json()["results"] == []
 
     assert worker.stop() == 0, worker.output()
     assert worker.events("worker stopped")[0]["exit_code"] == 0
@@ -375,6 +382,10 @@ def test_run_end_to_end_restart_without_duplicates(
     assert worker.stop() == 0, worker.output()
 
     assert sum(end_offsets(kafka_bootstrap, out_topic).values()) == 40, "duplicates on restart"
+    with StateStore(store_url) as store:  # the state_store sink kept every echo result once
+        kept = store.results(limit=1000)
+    assert sorted(row["outputs"]["echo"]["id"] for row in kept) == list(range(40))
+    assert {row["graph"] for row in kept} == {"echo"}
     assert sum(end_offsets(kafka_bootstrap, checked_topic).values()) == 2
     assert committed_offsets(kafka_bootstrap, group, ticks_topic) == {0: 2}
     produced = end_offsets(kafka_bootstrap, in_topic)

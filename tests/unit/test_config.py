@@ -15,8 +15,11 @@ import pytest
 import accumulators.registry
 import engine.registry
 import reactors.declaration
+from connectors import StoreSink
 from engine.config import ConfigError, ConfigIssue, interpolate
 from engine.config_loader import LoadedConfig, load_config
+from engine.state_store import StateStore  # imported once: the autouse fixture drops new modules
+from engine.worker import Worker
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -735,7 +738,65 @@ def test_sink_rules(tmp_path: Path, mod: str) -> None:
     assert_issue(issues, file, "sinks.k.topic", "required for a kafka sink")
     assert_issue(issues, file, "sinks.k.function", "not used by a kafka sink")
     assert_issue(issues, file, "sinks.c.function", "has no attribute 'missing'")
-    assert_issue(issues, file, "sinks.t.type", "'kafka', 'log' or 'callback'")
+    assert_issue(issues, file, "sinks.t.type", "'kafka', 'log', 'callback' or 'state_store'")
+
+
+def state_store_file(tmp_path: Path, mod: str, store: str = "") -> str:
+    """``base`` with a second sink of type state_store on graph ``signal``."""
+    text = base(mod).replace('sinks = ["out"]', 'sinks = ["out", "history"]')
+    return write(
+        tmp_path,
+        "a.toml",
+        text
+        + f"""
+        [sinks.history]
+        type = "state_store"
+
+        [worker]
+        http = {{ enabled = false }}
+        state_store = {{ url = "sqlite:///{tmp_path / "state.db"}"{store} }}
+        """,
+    )
+
+
+def test_a_state_store_sink_parses(tmp_path: Path, mod: str) -> None:
+    config = load_config([state_store_file(tmp_path, mod)], environ={})
+    assert config.sinks["history"].type == "state_store"
+    assert config.graph_sinks == {"signal": ["out", "history"]}
+    assert not config.needs_kafka and config.kafka_sinks() == []
+
+
+def test_a_state_store_sink_needs_the_state_store(tmp_path: Path, mod: str) -> None:
+    file = state_store_file(tmp_path, mod, store=", enabled = false")
+    assert_issue(errors(file), file, "sinks.history.type", "state store", "enabled = false", file)
+    other = write(tmp_path, "b.toml", '[sinks.db]\ntype = "state_store"\ntopic = "t"\n')
+    issues = errors(file, other)
+    assert_issue(issues, other, "sinks.db.type", f"worker.state_store.enabled = false in {file}")
+    assert_issue(issues, other, "sinks.db.topic", "not used by a state_store sink")
+
+
+async def test_a_state_store_sink_keeps_results_of_a_config_loaded_worker(
+    tmp_path: Path, mod: str
+) -> None:
+    config = load_config([state_store_file(tmp_path, mod)], environ={})
+    worker = Worker(config, install_signals=False)
+    runtime = worker.build()
+    assert isinstance(worker.sinks["history"], StoreSink)
+    assert worker.sinks["history"].store is worker.store
+    await worker.start()
+    try:
+        await runtime.push("book", {"bid": 1.0, "ask": 3.0})
+        await runtime.push("ref", 10.0)
+        await runtime.wait_idle()
+        await runtime.push("book", {"bid": 9.0, "ask": 11.0})
+        await runtime.push("ref", 10.0)
+        await runtime.wait_idle()
+    finally:
+        await worker.shutdown()
+    assert worker.exit_code == 0
+    with StateStore(f"sqlite:///{tmp_path / 'state.db'}") as store:
+        rows = store.results(graph="signal")
+    assert [r["outputs"] for r in rows] == [{"record": {"ok": 10.0}}, {"alert": {"alert": 2.0}}]
 
 
 def test_kafka_use_needs_bootstrap_servers(tmp_path: Path, mod: str) -> None:

@@ -81,6 +81,7 @@ PROTECTED = [
     ("POST", "/v1/reactors/rx/resume"),
     ("POST", "/v1/accumulators/a"),
     ("GET", "/v1/executions"),
+    ("GET", "/v1/results"),
     ("GET", "/v1/dead-letters"),
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
@@ -243,6 +244,27 @@ async def test_pause_and_resume_stop_and_restart_firing(stack: Stack) -> None:
 # -- history and metrics ------------------------------------------------------------
 
 
+async def test_results_from_the_state_store(stack: Stack) -> None:
+    await stack.store.write_result("g", {"run": {"n": 1}})
+    await stack.store.write_result("other", {"x": [1, 2]})
+    await stack.store.write_result("g", {"run": {"n": 2}})
+    async with client_for(stack, TOKEN) as client:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        assert (await client.get("/v1/results")).status_code == 401
+        every = (await client.get("/v1/results", headers=headers)).json()["results"]
+        assert [(r["graph"], r["outputs"]) for r in every] == [
+            ("g", {"run": {"n": 2}}),
+            ("other", {"x": [1, 2]}),
+            ("g", {"run": {"n": 1}}),
+        ]
+        assert {"id", "graph", "outputs", "at", "worker"} == set(every[0])
+        one = await client.get("/v1/results", params={"graph": "g", "limit": 1}, headers=headers)
+        assert [r["outputs"] for r in one.json()["results"]] == [{"run": {"n": 2}}]
+        for limit in (0, 10_001, "x"):
+            bad = await client.get(f"/v1/results?limit={limit}", headers=headers)
+            assert bad.status_code == 422, limit
+
+
 async def test_executions_dead_letters_and_metrics(stack: Stack, tmp_path: Path) -> None:
     async with client_for(stack) as client:
         for event in (1, 2):
@@ -276,7 +298,7 @@ async def test_executions_dead_letters_and_metrics(stack: Stack, tmp_path: Path)
     bare = create_app(stack.runtime)
     transport = httpx.ASGITransport(app=bare)
     async with httpx.AsyncClient(transport=transport, base_url="http://w") as client:
-        for path in ("/metrics", "/v1/executions", "/v1/dead-letters"):
+        for path in ("/metrics", "/v1/executions", "/v1/results", "/v1/dead-letters"):
             missing = await client.get(path)
             assert missing.status_code == 404 and "this worker" in missing.json()["detail"]
 
@@ -301,6 +323,7 @@ async def test_openapi_lists_the_endpoints(stack: Stack) -> None:
         "/v1/reactors/{name}/resume": ["post"],
         "/v1/accumulators/{name}": ["post"],
         "/v1/executions": ["get"],
+        "/v1/results": ["get"],
         "/v1/dead-letters": ["get"],
         "/metrics": ["get"],
     }

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from accumulators import passthrough_accumulator, polling_accumulator, stream_accumulator
-from connectors import DeadLetter, MemorySink
+from connectors import DeadLetter, MemorySink, StoreSink
 from engine import Runtime
 from engine.observers import ExecutionRecord
 from engine.state_store import StateStore
@@ -206,6 +206,46 @@ async def test_runtime_writes_failed_executions_and_dead_letters_to_the_store(
     assert letter["kind"] == "execution" and letter["payload"] == {"a": {"x": 1}}
 
 
+# -- graph results -----------------------------------------------------------------------------
+
+
+async def test_results_are_durable_when_write_result_returns(url: str) -> None:
+    with StateStore(url, worker_id="w1", flush_interval=3600) as store:
+        before = time.time()
+        await store.write_result("g", {"emit": {"quote": Quote(symbol="X", price=1.5), "n": 2}})
+        await store.write_result("h", {"alert": [1, 2.5, None, float("nan")], "raw": b"\x00\x01"})
+        await store.write_result("g", {"emit": {"text": "4.0"}})
+        # No flush: results bypass the queue.
+        rows = store.results()
+        assert [r["graph"] for r in rows] == ["g", "h", "g"]
+        assert rows[0]["outputs"] == {"emit": {"text": "4.0"}}  # a string stays a string
+        assert rows[1]["outputs"] == {"alert": [1, 2.5, None, None], "raw": "AAE="}
+        assert rows[2]["outputs"] == {"emit": {"quote": {"symbol": "X", "price": 1.5}, "n": 2}}
+        assert all(r["worker"] == "w1" and before <= r["at"] <= time.time() for r in rows)
+        assert [r["outputs"] for r in store.results(graph="g", limit=1)] == [
+            {"emit": {"text": "4.0"}}
+        ]
+        assert store.results(graph="nope") == []
+        assert store.health()["written_results"] == 3
+    with StateStore(url) as reopened:  # on disk, not only in this process
+        assert len(reopened.results()) == 3
+
+
+async def test_store_sink_writes_each_graph_result(store: StateStore) -> None:
+    sink = StoreSink(store)
+    runtime = Runtime(graphs=[pipeline(["a"], lambda a: {"doubled": a["x"] * 2})], sinks=[sink])
+    async with runtime:
+        for x in (1, 2, 3):
+            await runtime.push("a", {"x": x})
+            await runtime.wait_idle()
+    assert [r["outputs"] for r in store.results(graph="g")] == [
+        {"run": {"doubled": 6}},
+        {"run": {"doubled": 4}},
+        {"run": {"doubled": 2}},
+    ]
+    assert store.health()["open"] is True, "the sink leaves the store's lifecycle to its owner"
+
+
 # -- retention -----------------------------------------------------------------------------
 
 
@@ -217,10 +257,29 @@ async def test_prune_keeps_the_newest_rows(url: str) -> None:
         for n in range(5):
             await small.send(DeadLetter(kind="message", reason=f"r{n}", payload=n))
         deleted = small.prune()
-        assert deleted == {"headrace_executions": 7, "headrace_dead_letters": 3}
+        assert deleted == {
+            "headrace_executions": 7,
+            "headrace_dead_letters": 3,
+            "headrace_results": 0,
+        }
         assert [r["fire"] for r in small.executions()] == [9, 8, 7]
         assert [d["reason"] for d in small.dead_letters()] == ["r4", "r3"]
-        assert small.prune() == {"headrace_executions": 0, "headrace_dead_letters": 0}
+        assert small.prune() == {
+            "headrace_executions": 0,
+            "headrace_dead_letters": 0,
+            "headrace_results": 0,
+        }
+
+
+async def test_prune_keeps_the_newest_results(url: str) -> None:
+    with StateStore(url, retention_results=2, flush_interval=3600) as small:
+        for n in range(5):
+            await small.write_result("g" if n % 2 else "h", {"out": n})
+        assert small.prune()["headrace_results"] == 3
+        assert [r["outputs"] for r in small.results()] == [{"out": 4}, {"out": 3}]
+        assert small.prune()["headrace_results"] == 0
+    with pytest.raises(ValueError, match=r"retention_results"):
+        StateStore(url, retention_results=0)
 
 
 # -- last values ------------------------------------------------------------------------------
