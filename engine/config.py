@@ -20,7 +20,8 @@ A worker loads one or more TOML files. Each file may hold any of these sections:
                           producer; state_store writes results to the worker's state store
 
 Every problem is reported as ``file: field.path: reason`` (see ``ConfigIssue``); the
-cross-file checks live in ``engine.config_loader``.
+cross-file checks live in ``engine.config_resolve`` and ``engine.config_worker``,
+run by ``engine.config_loader.load_config``.
 """
 
 from __future__ import annotations
