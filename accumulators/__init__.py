@@ -1,6 +1,6 @@
 """Accumulators: named inputs that turn raw events into boundary values for reactors."""
 
-from accumulators.channel import Ack, Channel, Envelope
+from accumulators.channel import Ack, Channel, ChannelClosedError, Envelope
 from accumulators.decorators import (
     batch_accumulator,
     passthrough_accumulator,
@@ -30,6 +30,7 @@ __all__ = [
     "Ack",
     "BatchRunner",
     "Channel",
+    "ChannelClosedError",
     "DurationError",
     "Envelope",
     "PollingRunner",

@@ -49,6 +49,10 @@ class Envelope:
         settle(self.acks)
 
 
+class ChannelClosedError(RuntimeError):
+    """The reactor behind a channel stopped for good (e.g. a graph halted with on_error=stop)."""
+
+
 class Channel:
     """A bounded FIFO from one accumulator to one reactor.
 
@@ -68,6 +72,7 @@ class Channel:
         self.on_put: Callable[[], None] = lambda: None
         self._space_listeners: list[Callable[[], None]] = []
         self.high_water = 0
+        self.closed_reason: str | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -94,8 +99,17 @@ class Channel:
 
     async def put(self, envelope: Envelope) -> None:
         while not self.has_space():
+            if self.closed_reason is not None:
+                raise ChannelClosedError(
+                    f"channel {self.accumulator!r} is closed: {self.closed_reason}"
+                )
             await self._space.wait()
         self.put_nowait(envelope)
+
+    def close(self, reason: str) -> None:
+        """Refuse to wait for space any more: waiting producers get ``ChannelClosedError``."""
+        self.closed_reason = reason
+        self._space.set()
 
     def peek(self) -> Envelope | None:
         return self._items[0] if self._items else None

@@ -190,6 +190,8 @@ class ReactorLoop:
                 fire=fire.number,
                 error=repr(error),
             )
+            for channel in self.channels.values():
+                channel.close(f"reactor {self.name!r} failed: {error}")
             raise
         fire.settle()
 

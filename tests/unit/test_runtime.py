@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from accumulators import ChannelClosedError
 from connectors import CallbackSink, MemoryDeadLetters, MemorySink
 from engine import (
     GraphDefinitionError,
@@ -343,6 +344,19 @@ async def test_on_error_stop_halts_the_reactor_and_keeps_the_input_unacknowledge
     assert "halted (on_error=stop)" in reactor["last_error"]
     assert letters.letters == []  # not dead-lettered: stopped instead
     assert settled == []  # not handled: a Kafka offset would not be committed
+
+
+async def test_a_push_into_the_full_channel_of_a_failed_reactor_fails_instead_of_hanging():
+    def bad(a):
+        raise RuntimeError("fatal")
+
+    pipeline(["a"], bad, on_error="stop")
+    async with Runtime(graphs=["g"], channel_size=1) as runtime:
+        await runtime.push("a", 1)
+        await wait_until(lambda: runtime.failed() == ["rx"])
+        await runtime.push("a", 2)  # fills the channel (bound 1)
+        with pytest.raises(ChannelClosedError, match=r"channel 'a' is closed: reactor 'rx' failed"):
+            await asyncio.wait_for(runtime.push("a", 3), timeout=5)
 
 
 async def test_on_error_stop_lets_the_other_graphs_of_the_fire_finish():
