@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 
-from accumulators.channel import Ack, Channel, Envelope, SharedAck, settle
+from accumulators.channel import Ack, Channel, ChannelClosedError, Envelope, SharedAck, settle
 from accumulators.spec import AccumulatorInputError, AccumulatorKind, AccumulatorSpec
 
 log = structlog.get_logger("headrace.accumulators")
@@ -156,7 +156,10 @@ class PollingRunner(AccumulatorRunner):
             self.errors += 1
             log.error("polling function failed", accumulator=self.name, error=repr(error))
             return
-        await self.deliver(value)
+        try:
+            await self.deliver(value)
+        except ChannelClosedError as error:
+            log.error("polled value not delivered", accumulator=self.name, error=str(error))
 
     async def _loop(self) -> None:
         interval = self.spec.interval or 5.0
@@ -187,6 +190,8 @@ class BatchRunner(AccumulatorRunner):
         self._flushing = 0
         self._task: asyncio.Task[None] | None = None
         self._pending_flushes: set[asyncio.Task[None]] = set()
+        self.on_batch_failure: Callable[[str, list[Any], str], Awaitable[None]] | None = None
+        """Dead-letters a batch whose function raised; without it the batch stays unacked."""
 
     @property
     def buffered(self) -> int:
@@ -214,7 +219,12 @@ class BatchRunner(AccumulatorRunner):
         if len(self._events) >= self.capacity:
             task = asyncio.get_running_loop().create_task(self.flush())
             self._pending_flushes.add(task)
-            task.add_done_callback(self._pending_flushes.discard)
+            task.add_done_callback(self._flush_done)
+
+    def _flush_done(self, task: asyncio.Task[None]) -> None:
+        self._pending_flushes.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("batch flush failed", accumulator=self.name, error=str(error))
 
     async def offer(self, event: Any, acks: tuple[Ack, ...] = ()) -> None:
         self._validated_add(event, acks)
@@ -241,9 +251,12 @@ class BatchRunner(AccumulatorRunner):
                     size=len(events),
                     error=repr(error),
                 )
-                raise AccumulatorInputError(
-                    self.name, f"batch function raised {error!r}"
-                ) from error
+                reason = f"batch function raised {error!r}"
+                if self.on_batch_failure is None:
+                    raise AccumulatorInputError(self.name, reason) from error
+                await self.on_batch_failure(self.name, events, reason)
+                settle(acks)  # dead-lettered: handled, so offsets can move on
+                return
             await self.deliver(result, acks)
         finally:
             self._flushing -= 1
@@ -254,7 +267,7 @@ class BatchRunner(AccumulatorRunner):
             await asyncio.sleep(interval)
             try:
                 await self.flush()
-            except AccumulatorInputError:
+            except (AccumulatorInputError, ChannelClosedError):
                 continue
 
     async def start(self) -> None:
@@ -268,7 +281,7 @@ class BatchRunner(AccumulatorRunner):
             self._task = None
         if self._pending_flushes:
             await asyncio.gather(*self._pending_flushes, return_exceptions=True)
-        with contextlib.suppress(AccumulatorInputError):
+        with contextlib.suppress(AccumulatorInputError, ChannelClosedError):
             await self.flush()
 
     def health(self) -> dict[str, Any]:

@@ -15,8 +15,8 @@ log = structlog.get_logger("headrace.dead_letters")
 class DeadLetter:
     """One input that was given up on, and why.
 
-    ``kind`` is ``"message"`` (undecodable or invalid input) or ``"execution"`` (a graph
-    execution that kept failing).
+    ``kind`` is ``"message"`` (undecodable or invalid input), ``"batch"`` (a batch whose
+    function raised) or ``"execution"`` (a graph execution that kept failing).
     """
 
     kind: str

@@ -14,11 +14,12 @@ from accumulators import (
     AccumulatorKind,
     AccumulatorRunner,
     AccumulatorSpec,
+    BatchRunner,
     Channel,
     get_accumulator,
     make_runner,
 )
-from connectors.dead_letters import DeadLetterSink, MemoryDeadLetters
+from connectors.dead_letters import DeadLetter, DeadLetterSink, MemoryDeadLetters
 from connectors.sinks import Sink
 from engine.builder import ComputationGraph, ComputationGraphBuilder
 from engine.errors import GraphHalted, RuntimeConfigError
@@ -159,7 +160,14 @@ class Runtime:
         for name, spec in accumulator_specs.items():
             runner = make_runner(spec, channels[name])
             runner.on_delivered = self.observers.on_delivered
+            if isinstance(runner, BatchRunner):
+                runner.on_batch_failure = self._dead_letter_batch
             self.accumulators[name] = runner
+
+    async def _dead_letter_batch(self, accumulator: str, events: list[Any], reason: str) -> None:
+        letter = DeadLetter(kind="batch", reason=reason, payload=events, accumulator=accumulator)
+        await self.dead_letters.send(letter)
+        self.observers.on_dead_letter(letter)
 
     @staticmethod
     def _fire_handler(runners: list[GraphRunner]) -> Any:

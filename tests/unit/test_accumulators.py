@@ -19,7 +19,7 @@ from accumulators import (
     stream_accumulator,
 )
 from accumulators.spec import DEFAULT_CHANNEL_SIZE
-from connectors import MemorySink
+from connectors import MemoryDeadLetters, MemorySink
 from engine import Runtime
 from tests.unit.support import declare_reactor, one_node_graph, wait_until
 
@@ -412,3 +412,26 @@ async def test_batch_health_reports_buffered_events():
         assert runtime.health()["accumulators"]["trades"]["buffered"] == 2
     finally:
         await runtime.stop()
+
+
+async def test_a_batch_whose_function_raises_is_dead_lettered_and_acknowledged():
+    @batch_accumulator(flush_interval="1h", max_buffer_size=2)
+    def trades(events):
+        if 13 in events:
+            raise ValueError("unlucky batch")
+        return sum(events)
+
+    declare_reactor("rx", ["trades"])
+    one_node_graph("g", "rx", ["trades"], lambda trades: trades)
+    sink, letters, settled = MemorySink(), MemoryDeadLetters(), []
+    async with Runtime(graphs=["g"], sinks=[sink], dead_letters=letters) as runtime:
+        runner = runtime.accumulator("trades")
+        for value in (12, 13, 1, 2):
+            await runner.offer(value, acks=(lambda v=value: settled.append(v),))
+        await sink.wait_for(1)
+        await runtime.wait_idle()
+    assert sink.outputs() == [{"run": 3}]  # the batch after the bad one still flows
+    (letter,) = letters.letters
+    assert (letter.kind, letter.accumulator, letter.payload) == ("batch", "trades", [12, 13])
+    assert "unlucky batch" in letter.reason
+    assert sorted(settled) == [1, 2, 12, 13]  # dead-lettered inputs count as handled
