@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -247,6 +248,7 @@ class Worker:
             http=self.http.url if self.http is not None else None,
             state_store=self.store.display_url if self.store is not None else None,
         )
+        gc.freeze()  # startup objects (modules, config, wiring) are never garbage: skip them
 
     async def shutdown(self) -> None:
         """Drain the runtime (bounded by ``drain_timeout``), then stop HTTP and the store."""
