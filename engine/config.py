@@ -26,7 +26,6 @@ run by ``engine.config_loader.load_config``.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -43,6 +42,7 @@ from pydantic import (
 )
 
 from accumulators.durations import DurationError, parse_duration
+from engine.net import is_loopback
 
 # -- errors -------------------------------------------------------------------------------
 
@@ -239,15 +239,6 @@ class HttpConfig(Model):
     @property
     def is_loopback(self) -> bool:
         return is_loopback(self.host)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class StateStoreConfig(Model):

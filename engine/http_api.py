@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import socket
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Any
@@ -25,6 +24,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from accumulators import AccumulatorInputError, AccumulatorKind
 from engine.metrics import CONTENT_TYPE, Metrics, source_partitions
+from engine.net import is_loopback
 from engine.state_store import StateStore
 
 if TYPE_CHECKING:
@@ -81,16 +81,6 @@ class Results(BaseModel):
 
 class DeadLetters(BaseModel):
     dead_letters: list[dict[str, Any]]
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` only accepts connections from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind(host: str, token: str | None) -> None:
