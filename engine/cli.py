@@ -74,14 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
-    run = commands.add_parser(
-        "run",
-        help="run a worker from config files until SIGTERM/SIGINT",
-        description=RUN_HELP,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    run = _add_command(
+        commands, "run", "run a worker from config files until SIGTERM/SIGINT", RUN_HELP
     )
-    run.add_argument("files", nargs="+", metavar="FILE", help="TOML config files (merged)")
     run.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error", "critical"),
@@ -94,27 +89,38 @@ def build_parser() -> argparse.ArgumentParser:
         "(also: HEADRACE_LOG_FORMAT)",
     )
 
-    validate = commands.add_parser(
-        "validate",
-        help="check config files and report every problem",
-        description=VALIDATE_HELP,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    validate = _add_command(
+        commands, "validate", "check config files and report every problem", VALIDATE_HELP
     )
-    validate.add_argument("files", nargs="+", metavar="FILE", help="TOML config files (merged)")
     validate.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid")
 
-    graphs = commands.add_parser(
+    graphs = _add_command(
+        commands,
         "graphs",
-        help="list graphs, reactors and accumulators and draw topologies",
-        description=GRAPHS_HELP,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "list graphs, reactors and accumulators and draw topologies",
+        GRAPHS_HELP,
     )
-    graphs.add_argument("files", nargs="+", metavar="FILE", help="TOML config files (merged)")
     graphs.add_argument("--mermaid", action="store_true", help="draw Mermaid flowcharts")
     graphs.add_argument("--graph", metavar="NAME", help="show only this graph")
     return parser
+
+
+def _add_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    """A subcommand that takes the TOML config files as its positional arguments."""
+    command = commands.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    command.add_argument("files", nargs="+", metavar="FILE", help="TOML config files (merged)")
+    return command
 
 
 # -- helpers ------------------------------------------------------------------------------
