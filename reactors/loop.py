@@ -164,10 +164,11 @@ class ReactorLoop:
 
     def _oldest(self) -> Envelope | None:
         oldest: Channel | None = None
+        oldest_head: Envelope | None = None
         for channel in self.channels.values():
             head = channel.peek()
-            if head is not None and (oldest is None or head.seq < oldest.peek().seq):  # type: ignore[union-attr]
-                oldest = channel
+            if head is not None and (oldest_head is None or head.seq < oldest_head.seq):
+                oldest, oldest_head = channel, head
         return oldest.take() if oldest is not None else None
 
     def _next_fire(self) -> Fire | None:
