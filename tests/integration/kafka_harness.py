@@ -20,7 +20,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from tests.fixtures import REPO_ROOT
-from tests.fixtures.kafka_broker import partitions_of
+from tests.fixtures.kafka_broker import create_topic, partitions_of, unique_topic
 
 SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD", "ADA-USD")
 
@@ -282,6 +282,26 @@ class OutputReader:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def topics_and_group(bootstrap: str, prefix: str, partitions: int = 3) -> tuple[str, str, str]:
+    """A new input and output topic and a new consumer group name, all named after ``prefix``."""
+    input_topic = create_topic(bootstrap, unique_topic(f"{prefix}-in"), partitions=partitions)
+    output_topic = create_topic(bootstrap, unique_topic(f"{prefix}-out"), partitions=partitions)
+    return input_topic, output_topic, f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def finish_run(
+    worker: Worker, feed: PacedProducer, reader: OutputReader, total: int, timeout: float
+) -> None:
+    """Start ``worker`` once more, let ``feed`` finish, read a signal for each of the ``total``
+    ids within ``timeout`` seconds, stop the worker with SIGTERM (exit 0) and read what is left.
+    """
+    worker.start().wait_assigned(60)
+    feed.finish()
+    reader.wait_for(set(range(total)), timeout=timeout)
+    assert worker.terminate() == 0, worker.tail()
+    reader.poll(1.0)
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.kafka_broker import committed_offsets, create_topic, unique_topic
-from tests.integration.kafka_harness import OutputReader, PacedProducer, Worker, end_offsets
+from tests.fixtures.kafka_broker import committed_offsets
+from tests.integration.kafka_harness import (
+    OutputReader,
+    PacedProducer,
+    Worker,
+    end_offsets,
+    finish_run,
+    topics_and_group,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 
 
 def test_sigterm_then_restart_has_no_duplicates(kafka_bootstrap: str, tmp_path: Path) -> None:
     total = 8_000
-    input_topic = create_topic(kafka_bootstrap, unique_topic("stop-in"), partitions=3)
-    output_topic = create_topic(kafka_bootstrap, unique_topic("stop-out"), partitions=3)
-    group = f"stop-{uuid.uuid4().hex[:8]}"
+    input_topic, output_topic, group = topics_and_group(kafka_bootstrap, "stop")
     # A slow-ish graph keeps the channel busy, so SIGTERM lands with events in flight.
     worker = Worker(kafka_bootstrap, input_topic, output_topic, group, tmp_path, max_rate=2_000)
     feed = PacedProducer(kafka_bootstrap, input_topic, range(total), rate=4_000)
@@ -32,11 +36,7 @@ def test_sigterm_then_restart_has_no_duplicates(kafka_bootstrap: str, tmp_path: 
             in_flight_at_stop.append(health["source"]["in_flight"])
             assert worker.terminate() == 0, worker.tail()
             stops += 1
-        worker.start().wait_assigned(60)
-        feed.finish()
-        reader.wait_for(set(range(total)), timeout=90)
-        assert worker.terminate() == 0, worker.tail()
-        reader.poll(1.0)
+        finish_run(worker, feed, reader, total, timeout=90)
     finally:
         feed.stop()
         worker.close()

@@ -5,13 +5,19 @@ from __future__ import annotations
 import os
 import random
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.kafka_broker import committed_offsets, create_topic, unique_topic
-from tests.integration.kafka_harness import OutputReader, PacedProducer, Worker, end_offsets
+from tests.fixtures.kafka_broker import committed_offsets
+from tests.integration.kafka_harness import (
+    OutputReader,
+    PacedProducer,
+    Worker,
+    end_offsets,
+    finish_run,
+    topics_and_group,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
@@ -37,9 +43,7 @@ IN_FLIGHT_PER_KILL = int(
 def test_sigkill_repeatedly_loses_nothing(kafka_bootstrap: str, tmp_path: Path) -> None:
     seed = int(os.environ.get("HEADRACE_CRASH_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
-    input_topic = create_topic(kafka_bootstrap, unique_topic("crash-in"), partitions=3)
-    output_topic = create_topic(kafka_bootstrap, unique_topic("crash-out"), partitions=3)
-    group = f"crash-{uuid.uuid4().hex[:8]}"
+    input_topic, output_topic, group = topics_and_group(kafka_bootstrap, "crash")
     consumer = {"group.instance.id": f"{group}-member", "session.timeout.ms": 6000}
     worker = Worker(
         kafka_bootstrap,
@@ -64,11 +68,7 @@ def test_sigkill_repeatedly_loses_nothing(kafka_bootstrap: str, tmp_path: Path) 
             kills += 1
             taken_at_kill.append(health["source"]["messages"])
         assert feed.is_alive() or kills >= KILLS
-        worker.start().wait_assigned(60)
-        feed.finish()
-        reader.wait_for(set(range(TOTAL)), timeout=120)
-        assert worker.terminate() == 0, worker.tail()
-        reader.poll(1.0)
+        finish_run(worker, feed, reader, TOTAL, timeout=120)
     finally:
         feed.stop()
         worker.close()
