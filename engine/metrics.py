@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
     CollectorRegistry,
@@ -33,6 +34,8 @@ from engine.observers import ExecutionRecord
 if TYPE_CHECKING:
     from engine.runtime import Runtime
     from engine.state_store import StateStore
+
+log = structlog.get_logger("headrace.metrics")
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
@@ -236,7 +239,12 @@ class _RuntimeCollector(Collector):
         for index, source in enumerate(runtime.sources):
             try:
                 health = source.health()
-            except Exception:  # a scrape must not fail because a source's health does
+            except Exception as error:  # a scrape must not fail because a source's health does
+                log.warning(
+                    "source health failed; its metrics are left out of this scrape",
+                    source=index,
+                    error=repr(error),
+                )
                 continue
             label = str(health.get("name") or health.get("type") or f"source{index}")
             if isinstance(health.get("commits"), int | float):
