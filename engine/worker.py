@@ -269,8 +269,10 @@ class Worker:
                 log.exception("flushing Kafka dead letters failed")
                 self.exit_code = EXIT_FAILURE
         if self.http is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self.http.stop()
+            except Exception:
+                log.exception("stopping the HTTP server failed")
         if self.store is not None:
             try:
                 await asyncio.to_thread(self.store.close)
