@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -341,15 +341,9 @@ class StateStore:
     # -- dead-letter sink -----------------------------------------------------------------
     async def send(self, letter: DeadLetter) -> None:
         """Write one dead letter; returns once it is committed (retried on connection errors)."""
-        for attempt in range(1, 4):
-            try:
-                await asyncio.to_thread(self.write_dead_letters, [letter])
-                return
-            except sa.exc.OperationalError as error:
-                if attempt == 3:
-                    raise
-                log.warning("dead letter write failed; retrying", error=repr(error))
-                await asyncio.sleep(0.5 * attempt)
+        await _retrying(
+            lambda: self.write_dead_letters([letter]), "dead letter write failed; retrying"
+        )
 
     def write_dead_letters(self, letters: Iterable[DeadLetter]) -> None:
         rows = [self._dead_letter_row(letter) for letter in letters]
@@ -381,15 +375,11 @@ class StateStore:
     async def write_result(self, graph: str, outputs: dict[str, Any]) -> None:
         """Write one graph result; returns once it is committed (retried on connection errors)."""
         at = time.time()
-        for attempt in range(1, 4):
-            try:
-                await asyncio.to_thread(self.write_results, [(graph, outputs, at)])
-                return
-            except sa.exc.OperationalError as error:
-                if attempt == 3:
-                    raise
-                log.warning("result write failed; retrying", graph=graph, error=repr(error))
-                await asyncio.sleep(0.5 * attempt)
+        await _retrying(
+            lambda: self.write_results([(graph, outputs, at)]),
+            "result write failed; retrying",
+            graph=graph,
+        )
 
     def write_results(self, results: Iterable[tuple[str, dict[str, Any], float]]) -> None:
         """Insert ``(graph, outputs, at)`` rows in one transaction."""
@@ -593,6 +583,19 @@ class StateStore:
         if restored:
             log.info("accumulator values restored", accumulators=restored)
         return restored
+
+
+async def _retrying(write: Callable[[], None], warning: str, **fields: Any) -> None:
+    """Run ``write`` in a thread, up to 3 times while the database connection fails."""
+    for attempt in range(1, 4):
+        try:
+            await asyncio.to_thread(write)
+            return
+        except sa.exc.OperationalError as error:
+            if attempt == 3:
+                raise
+            log.warning(warning, **fields, error=repr(error))
+            await asyncio.sleep(0.5 * attempt)
 
 
 def _revive(value: Any, type_name: str | None, model: type[pydantic.BaseModel] | None) -> Any:
