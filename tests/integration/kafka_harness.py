@@ -305,6 +305,7 @@ def finish_run(
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """{partition: high watermark}: with idempotent producers, the number of messages."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
     try:
         return {

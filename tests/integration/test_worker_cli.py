@@ -27,18 +27,17 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from engine.state_store import StateStore
 from tests.fixtures.kafka_broker import (
     committed_offsets,
     consume_all,
     create_topic,
-    partitions_of,
     produce_json,
     unique_topic,
 )
 from tests.fixtures.postgres_server import libpq_url
+from tests.integration.kafka_harness import end_offsets
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -155,18 +154,6 @@ def workers() -> Iterator[Callable[..., WorkerProcess]]:
     yield start
     for worker in started:
         worker.kill()
-
-
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    """{partition: high watermark}: with idempotent producers, the number of messages."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"wm-{uuid.uuid4().hex}"})
-    try:
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in partitions_of(bootstrap, topic)
-        }
-    finally:
-        consumer.close()
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
