@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -26,7 +27,7 @@ from tests.integration.kafka_harness import book, end_offsets
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
 
-async def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
