@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, KeysView
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,9 +47,13 @@ class FiringPolicy:
     def __init__(self, spec: ReactorSpec) -> None:
         self.spec = spec
         self.cache: dict[str, Any] = {}
-        self.dirty: set[str] = set()
         self._unfired: dict[str, Envelope] = {}
         self.fires = 0
+
+    @property
+    def dirty(self) -> KeysView[str]:
+        """The accumulators that delivered since the last fire (those with an unfired value)."""
+        return self._unfired.keys()
 
     @property
     def sequential(self) -> bool:
@@ -62,13 +66,12 @@ class FiringPolicy:
             superseded.settle()
         self.cache[envelope.accumulator] = envelope.value
         self._unfired[envelope.accumulator] = envelope
-        self.dirty.add(envelope.accumulator)
 
     def ready(self) -> bool:
         """Whether the criterion holds now."""
         if self.spec.mode is ReactionMode.WHEN_ALL:
-            return len(self.dirty) == len(self.spec.accumulators)
-        return bool(self.dirty)
+            return len(self._unfired) == len(self.spec.accumulators)
+        return bool(self._unfired)
 
     def snapshot(self) -> dict[str, Any]:
         return {name: self.cache.get(name) for name in self.spec.accumulators}
@@ -78,7 +81,6 @@ class FiringPolicy:
         self.fires += 1
         fire = Fire(self.fires, self.snapshot(), list(self._unfired.values()))
         self._unfired.clear()
-        self.dirty.clear()
         return fire
 
     def fire_with(self, envelope: Envelope) -> Fire:
