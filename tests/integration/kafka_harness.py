@@ -20,7 +20,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from tests.fixtures import REPO_ROOT
-from tests.fixtures.kafka_broker import create_topic, partitions_of, unique_topic
+from tests.fixtures.kafka_broker import committed_offsets, create_topic, partitions_of, unique_topic
 
 SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD", "ADA-USD")
 
@@ -302,6 +302,13 @@ def finish_run(
     reader.wait_for(set(range(total)), timeout=timeout)
     assert worker.terminate() == 0, worker.tail()
     reader.poll(1.0)
+
+
+def assert_committed_to_end(bootstrap: str, group: str, topic: str) -> None:
+    """Every partition's committed offset is its end; an empty partition needs no commit."""
+    ends = end_offsets(bootstrap, topic)
+    committed = committed_offsets(bootstrap, group, topic)
+    assert {p: committed.get(p, 0) for p in ends} == ends, (committed, ends)
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:

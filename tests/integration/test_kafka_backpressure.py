@@ -16,8 +16,14 @@ from accumulators import stream_accumulator
 from connectors import KafkaSource, MemorySink
 from engine import ComputationGraphBuilder, Runtime, node
 from reactors import reactor
-from tests.fixtures.kafka_broker import committed_offsets, create_topic, produce_json, unique_topic
-from tests.integration.kafka_harness import OutputReader, Worker, book, end_offsets, produce_raw
+from tests.fixtures.kafka_broker import create_topic, produce_json, unique_topic
+from tests.integration.kafka_harness import (
+    OutputReader,
+    Worker,
+    assert_committed_to_end,
+    book,
+    produce_raw,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 
@@ -93,9 +99,7 @@ def test_slow_graph_pauses_partitions_and_bounds_memory(
     assert source["pauses"] > 0 and source["resumes"] > 0
     assert peak - baseline < 100 * 2**20, "memory grew with the 150 MB backlog"
     assert set(reader.ids) == set(range(TOTAL)) and reader.duplicates() == 0
-    assert committed_offsets(kafka_bootstrap, group, input_topic) == end_offsets(
-        kafka_bootstrap, input_topic
-    )
+    assert_committed_to_end(kafka_bootstrap, group, input_topic)
 
 
 class EagerSource(KafkaSource):
@@ -139,4 +143,4 @@ async def test_overflowing_batches_rewind_and_lose_nothing(kafka_bootstrap: str)
     assert source.stats["pauses"] > 0 and source.stats["resumes"] > 0
     assert high_water <= 64
     assert sorted(seen) == list(range(total)), "lost or repeated events after rewinds"
-    assert committed_offsets(kafka_bootstrap, group, topic) == end_offsets(kafka_bootstrap, topic)
+    assert_committed_to_end(kafka_bootstrap, group, topic)

@@ -24,7 +24,6 @@ from tests.fixtures import ScriptError, env_line, run_script, unavailable
 from tests.fixtures.kafka_broker import (
     KAFKA_LOCAL,
     broker_answers,
-    committed_offsets,
     create_topic,
     unique_topic,
 )
@@ -33,7 +32,7 @@ from tests.integration.kafka_harness import (
     PacedProducer,
     Worker,
     _die_with_parent,
-    end_offsets,
+    assert_committed_to_end,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
@@ -156,4 +155,4 @@ def test_broker_restart_mid_stream_loses_nothing(
         f"client errors reported {final['source']['client_errors']}"
     )
     assert set(reader.ids) == set(range(total))
-    assert committed_offsets(bootstrap, group, input_topic) == end_offsets(bootstrap, input_topic)
+    assert_committed_to_end(bootstrap, group, input_topic)

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.kafka_broker import committed_offsets
 from tests.integration.kafka_harness import (
     OutputReader,
     PacedProducer,
     Worker,
-    end_offsets,
+    assert_committed_to_end,
     finish_run,
     topics_and_group,
 )
@@ -48,6 +47,4 @@ def test_sigterm_then_restart_has_no_duplicates(kafka_bootstrap: str, tmp_path: 
     assert any(in_flight_at_stop), "SIGTERM never landed while events were in flight"
     assert reader.duplicates() == 0, f"{reader.duplicates()} duplicates after clean stops"
     assert set(reader.ids) == set(range(total))
-    assert committed_offsets(kafka_bootstrap, group, input_topic) == end_offsets(
-        kafka_bootstrap, input_topic
-    )
+    assert_committed_to_end(kafka_bootstrap, group, input_topic)

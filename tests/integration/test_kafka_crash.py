@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.kafka_broker import committed_offsets
 from tests.integration.kafka_harness import (
     OutputReader,
     PacedProducer,
     Worker,
-    end_offsets,
+    assert_committed_to_end,
     finish_run,
     topics_and_group,
 )
@@ -83,6 +82,4 @@ def test_sigkill_repeatedly_loses_nothing(kafka_bootstrap: str, tmp_path: Path) 
     )
     assert set(reader.ids) == set(range(TOTAL))
     assert duplicates <= bound, f"{duplicates} duplicates exceed the in-flight bound {bound}"
-    assert committed_offsets(kafka_bootstrap, group, input_topic) == end_offsets(
-        kafka_bootstrap, input_topic
-    )
+    assert_committed_to_end(kafka_bootstrap, group, input_topic)

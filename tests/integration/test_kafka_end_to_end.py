@@ -15,14 +15,13 @@ from connectors import KafkaDeadLetters, KafkaSink, KafkaSource
 from engine import ComputationGraphBuilder, Runtime, node
 from reactors import reactor
 from tests.fixtures.kafka_broker import (
-    committed_offsets,
     consume_all,
     create_topic,
     produce_json,
     unique_topic,
 )
 from tests.integration import worker_app
-from tests.integration.kafka_harness import book, end_offsets
+from tests.integration.kafka_harness import assert_committed_to_end, book
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
@@ -67,9 +66,7 @@ async def test_order_books_become_price_signals(kafka_bootstrap: str) -> None:
     assert first["mid"] == (expected["bid"] + expected["ask"]) / 2
     assert first["symbol"] == expected["symbol"]
     assert {key for key, _, _, _ in records} == {str(i).encode() for i in range(count)}
-    assert committed_offsets(kafka_bootstrap, group, source_topic) == end_offsets(
-        kafka_bootstrap, source_topic
-    )
+    assert_committed_to_end(kafka_bootstrap, group, source_topic)
 
 
 async def test_batch_accumulator_reads_a_topic(kafka_bootstrap: str) -> None:
@@ -113,9 +110,7 @@ async def test_batch_accumulator_reads_a_topic(kafka_bootstrap: str) -> None:
         assert source.accumulators == frozenset({"trades"})
     assert sum(s["n"] for s in seen) == count
     assert max(s["n"] for s in seen) <= 300
-    assert committed_offsets(kafka_bootstrap, group, source_topic) == end_offsets(
-        kafka_bootstrap, source_topic
-    )
+    assert_committed_to_end(kafka_bootstrap, group, source_topic)
 
 
 async def test_named_accumulator_without_topic_is_rejected(kafka_bootstrap: str) -> None:

@@ -8,8 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.kafka_broker import committed_offsets, create_topic, unique_topic
-from tests.integration.kafka_harness import OutputReader, PacedProducer, Worker, end_offsets
+from tests.fixtures.kafka_broker import create_topic, unique_topic
+from tests.integration.kafka_harness import (
+    OutputReader,
+    PacedProducer,
+    Worker,
+    assert_committed_to_end,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 
@@ -68,6 +73,4 @@ def test_two_workers_split_partitions_and_survive_a_kill(
     )
     assert taken["source"]["rebalances"] >= 2
     assert set(reader.ids) == set(range(total))
-    assert committed_offsets(kafka_bootstrap, group, input_topic) == end_offsets(
-        kafka_bootstrap, input_topic
-    )
+    assert_committed_to_end(kafka_bootstrap, group, input_topic)

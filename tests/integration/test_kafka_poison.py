@@ -15,12 +15,17 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from tests.fixtures.kafka_broker import (
-    committed_offsets,
     create_topic,
     partitions_of,
     unique_topic,
 )
-from tests.integration.kafka_harness import OutputReader, Worker, book, end_offsets, produce_raw
+from tests.integration.kafka_harness import (
+    OutputReader,
+    Worker,
+    assert_committed_to_end,
+    book,
+    produce_raw,
+)
 from tests.integration.worker_app import OrderBook
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
@@ -205,6 +210,4 @@ def test_poison_messages_are_dead_lettered(kafka_bootstrap: str, tmp_path: Path)
     assert seen.keys() == bad_at.keys(), "bad messages missing from the dead-letter topic"
     assert len(letters) == len(bad), "dead letters were duplicated"
     print("reasons:", sorted(reasons))
-    assert committed_offsets(kafka_bootstrap, group, input_topic) == end_offsets(
-        kafka_bootstrap, input_topic
-    )
+    assert_committed_to_end(kafka_bootstrap, group, input_topic)
