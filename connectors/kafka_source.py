@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -445,9 +446,7 @@ class KafkaSource:
                     error=str(error),
                 )
                 if isinstance(letter.payload, bytes) and len(letter.payload) > PREVIEW_BYTES:
-                    letter = DeadLetter(
-                        **{**letter.as_dict(), "payload": letter.payload[:PREVIEW_BYTES]}
-                    )
+                    letter = dataclasses.replace(letter, payload=letter.payload[:PREVIEW_BYTES])
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self.stats["dead_letters"] += 1
