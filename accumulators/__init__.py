@@ -1,22 +1,22 @@
 """Accumulators: named inputs that turn raw events into boundary values for reactors."""
 
-from accumulators.channel import Ack, Channel, ChannelClosedError, Envelope
-from accumulators.decorators import (
+from headrace.accumulators.channel import Ack, Channel, ChannelClosedError, Envelope
+from headrace.accumulators.decorators import (
     batch_accumulator,
     passthrough_accumulator,
     polling_accumulator,
     stream_accumulator,
 )
-from accumulators.durations import DurationError, parse_duration
-from accumulators.registry import (
+from headrace.accumulators.durations import DurationError, parse_duration
+from headrace.accumulators.registry import (
     clear_accumulators,
     get_accumulator,
     register_accumulator,
     registered_accumulators,
     unregister_accumulator,
 )
-from accumulators.runners import AccumulatorRunner, BatchRunner, PollingRunner, make_runner
-from accumulators.spec import (
+from headrace.accumulators.runners import AccumulatorRunner, BatchRunner, PollingRunner, make_runner
+from headrace.accumulators.spec import (
     AccumulatorInputError,
     AccumulatorKind,
     AccumulatorSpec,

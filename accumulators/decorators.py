@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from accumulators.registry import register_accumulator
-from accumulators.spec import DEFAULT_CHANNEL_SIZE, AccumulatorKind, make_spec
+from headrace.accumulators.registry import register_accumulator
+from headrace.accumulators.spec import DEFAULT_CHANNEL_SIZE, AccumulatorKind, make_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from accumulators.spec import AccumulatorSpec
+from headrace.accumulators.spec import AccumulatorSpec
 
 _accumulators: dict[str, AccumulatorSpec] = {}
 

@@ -10,8 +10,15 @@ from typing import Any
 
 import structlog
 
-from accumulators.channel import Ack, Channel, ChannelClosedError, Envelope, SharedAck, settle
-from accumulators.spec import AccumulatorInputError, AccumulatorKind, AccumulatorSpec
+from headrace.accumulators.channel import (
+    Ack,
+    Channel,
+    ChannelClosedError,
+    Envelope,
+    SharedAck,
+    settle,
+)
+from headrace.accumulators.spec import AccumulatorInputError, AccumulatorKind, AccumulatorSpec
 
 log = structlog.get_logger("headrace.accumulators")
 

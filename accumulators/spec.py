@@ -11,7 +11,7 @@ from typing import Any
 
 import pydantic
 
-from accumulators.durations import parse_duration
+from headrace.accumulators.durations import parse_duration
 
 
 class AccumulatorKind(StrEnum):

@@ -1,11 +1,21 @@
-"""Connectors: Kafka source and sink, offset tracking, dead letters, other sinks."""
+"""Connectors: the Kafka source and sink, dead letters, other sinks.
 
-from connectors.dead_letters import DeadLetter, DeadLetterSink, FanOutDeadLetters, MemoryDeadLetters
-from connectors.kafka_dead_letters import KafkaDeadLetters
-from connectors.kafka_sink import KafkaSink, json_serializer
-from connectors.kafka_source import KafkaSource
-from connectors.offsets import OffsetTracker
-from connectors.sinks import (
+The Kafka classes (and confluent-kafka) load on first use, so importing this package or
+``headrace.engine`` does not import confluent-kafka.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from headrace.connectors.dead_letters import (
+    DeadLetter,
+    DeadLetterSink,
+    FanOutDeadLetters,
+    MemoryDeadLetters,
+)
+from headrace.connectors.sinks import (
     BaseSink,
     CallbackSink,
     LogSink,
@@ -14,6 +24,31 @@ from connectors.sinks import (
     Sink,
     StoreSink,
 )
+
+if TYPE_CHECKING:
+    from headrace.connectors.kafka.dead_letters import KafkaDeadLetters
+    from headrace.connectors.kafka.offsets import OffsetTracker
+    from headrace.connectors.kafka.sink import KafkaSink, json_serializer
+    from headrace.connectors.kafka.source import KafkaSource
+
+_LAZY = {
+    "KafkaDeadLetters": "headrace.connectors.kafka.dead_letters",
+    "KafkaSink": "headrace.connectors.kafka.sink",
+    "KafkaSource": "headrace.connectors.kafka.source",
+    "OffsetTracker": "headrace.connectors.kafka.offsets",
+    "json_serializer": "headrace.connectors.kafka.sink",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Load a Kafka name (and confluent-kafka) on first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'headrace.connectors' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BaseSink",

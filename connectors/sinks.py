@@ -70,7 +70,7 @@ class MemorySink(BaseSink):
 
 
 class ResultStore(Protocol):
-    """Anything that keeps graph results, e.g. ``engine.state_store.StateStore``."""
+    """Anything that keeps graph results, e.g. ``headrace.engine.store.state_store.StateStore``."""
 
     async def write_result(self, graph: str, outputs: dict[str, Any]) -> None:
         """Keep one execution's terminal outputs; return once they are durable."""

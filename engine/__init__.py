@@ -1,16 +1,21 @@
 """Engine: computation graphs, their executor, and the runtime that wires everything."""
 
-from engine.builder import ComputationGraph, ComputationGraphBuilder, OnError, RetryPolicy
-from engine.errors import (
+from headrace.engine.errors import (
     GraphDefinitionError,
     GraphHalted,
     NodeExecutionError,
     RoutingError,
     RuntimeConfigError,
 )
-from engine.nodes import node
-from engine.registry import clear_graphs, get_graph, registered_graphs, unload_graph
-from engine.runtime import Runtime, Source
+from headrace.engine.graph.builder import (
+    ComputationGraph,
+    ComputationGraphBuilder,
+    OnError,
+    RetryPolicy,
+)
+from headrace.engine.graph.nodes import node
+from headrace.engine.graph.registry import clear_graphs, get_graph, registered_graphs, unload_graph
+from headrace.engine.runtime import Runtime, Source
 
 __all__ = [
     "ComputationGraph",

@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from engine.config import ConfigError
-from engine.config_loader import LoadedConfig, load_config
-from engine.topology import render_mermaid, render_text
+from headrace.engine.config.loader import LoadedConfig, load_config
+from headrace.engine.config.schema import ConfigError
+from headrace.engine.graph.topology import render_mermaid, render_text
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -128,7 +128,7 @@ def _add_command(
 
 def _quiet_logs() -> None:
     """validate/graphs: module imports may log; keep stdout for the command's own output."""
-    from engine.logging import configure_logging
+    from headrace.engine.ops.logging import configure_logging
 
     configure_logging("warning", "console", stream=sys.stderr)
 
@@ -248,8 +248,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = _load(args.files, err)
     if config is None:
         return EXIT_CONFIG
-    from engine.logging import configure_logging
-    from engine.worker import run_worker
+    from headrace.engine.ops.logging import configure_logging
+    from headrace.engine.worker import run_worker
 
     log_config = config.worker.log
     try:

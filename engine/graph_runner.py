@@ -10,12 +10,12 @@ from typing import Any
 
 import structlog
 
-from connectors.dead_letters import DeadLetter, DeadLetterSink
-from connectors.sinks import Sink
-from engine.builder import ComputationGraph, OnError
-from engine.errors import GraphHalted, NodeExecutionError
-from engine.observers import ExecutionRecord, Observers
-from reactors import Fire
+from headrace.connectors.dead_letters import DeadLetter, DeadLetterSink
+from headrace.connectors.sinks import Sink
+from headrace.engine.errors import GraphHalted, NodeExecutionError
+from headrace.engine.graph.builder import ComputationGraph, OnError
+from headrace.engine.observers import ExecutionRecord, Observers
+from headrace.reactors import Fire
 
 log = structlog.get_logger("headrace.graphs")
 

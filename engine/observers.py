@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from connectors.dead_letters import DeadLetter
+from headrace.connectors.dead_letters import DeadLetter
 
 
 @dataclass(frozen=True)

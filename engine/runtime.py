@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from accumulators import (
+from headrace.accumulators import (
     AccumulatorKind,
     AccumulatorRunner,
     AccumulatorSpec,
@@ -19,14 +19,14 @@ from accumulators import (
     get_accumulator,
     make_runner,
 )
-from connectors.dead_letters import DeadLetter, DeadLetterSink, MemoryDeadLetters
-from connectors.sinks import Sink
-from engine.builder import ComputationGraph, ComputationGraphBuilder
-from engine.errors import GraphHalted, RuntimeConfigError
-from engine.graph_runner import GraphRunner
-from engine.observers import Observers
-from engine.registry import get_graph, registered_graphs
-from reactors import Fire, ReactorLoop, ReactorSpec, find_reactor, reactor_name_of
+from headrace.connectors.dead_letters import DeadLetter, DeadLetterSink, MemoryDeadLetters
+from headrace.connectors.sinks import Sink
+from headrace.engine.errors import GraphHalted, RuntimeConfigError
+from headrace.engine.graph.builder import ComputationGraph, ComputationGraphBuilder
+from headrace.engine.graph.registry import get_graph, registered_graphs
+from headrace.engine.graph_runner import GraphRunner
+from headrace.engine.observers import Observers
+from headrace.reactors import Fire, ReactorLoop, ReactorSpec, find_reactor, reactor_name_of
 
 log = structlog.get_logger("headrace.runtime")
 

@@ -21,16 +21,16 @@ from typing import Any
 
 import structlog
 
-from connectors.dead_letters import (
+from headrace.connectors.dead_letters import (
     DeadLetter,
     DeadLetterSink,
     FanOutDeadLetters,
     MemoryDeadLetters,
 )
-from connectors.sinks import CallbackSink, LogSink, Sink, StoreSink
-from engine.config import SinkConfig, reveal
-from engine.config_loader import LoadedConfig, resolve_ref
-from engine.runtime import Runtime, Source
+from headrace.connectors.sinks import CallbackSink, LogSink, Sink, StoreSink
+from headrace.engine.config.loader import LoadedConfig, resolve_ref
+from headrace.engine.config.schema import SinkConfig, reveal
+from headrace.engine.runtime import Runtime, Source
 
 log = structlog.get_logger("headrace.worker")
 
@@ -70,7 +70,7 @@ class Worker:
     def build_sink(self, name: str, cfg: SinkConfig) -> Sink:
         worker = self.config.worker
         if cfg.type == "kafka":
-            from connectors.kafka_sink import KafkaSink
+            from headrace.connectors.kafka.sink import KafkaSink
 
             producer = {**worker.producer_config(), **reveal(cfg.producer)}
             options: dict[str, Any] = {"producer_config": producer or None}
@@ -96,7 +96,7 @@ class Worker:
         worker = self.config.worker
         destinations: list[DeadLetterSink] = []
         if worker.dead_letters.kafka and worker.bootstrap_servers and self.config.needs_kafka:
-            from connectors.kafka_dead_letters import KafkaDeadLetters
+            from headrace.connectors.kafka.dead_letters import KafkaDeadLetters
 
             self.kafka_dead_letters = KafkaDeadLetters(
                 worker.bootstrap_servers,
@@ -117,7 +117,7 @@ class Worker:
         groups = self.config.kafka_groups()
         if not groups:
             return []
-        from connectors.kafka_source import KafkaSource
+        from headrace.connectors.kafka.source import KafkaSource
 
         return [
             KafkaSource(
@@ -133,12 +133,12 @@ class Worker:
 
     def build(self) -> Runtime:
         """Create the store, metrics, sinks, dead letters, sources and the runtime."""
-        from engine.metrics import Metrics
+        from headrace.engine.ops.metrics import Metrics
 
         cfg = self.config
         worker = cfg.worker
         if worker.state_store.enabled:
-            from engine.state_store import StateStore
+            from headrace.engine.store.state_store import StateStore
 
             self.store = StateStore(
                 worker.state_store.url,
@@ -170,7 +170,7 @@ class Worker:
         http = self.config.worker.http
         if not http.enabled or self.runtime is None:
             return None
-        from engine.http_api import HttpServer, create_app
+        from headrace.engine.ops.http import HttpServer, create_app
 
         token = http.token.get_secret_value() if http.token else None
         app = create_app(self.runtime, metrics=self.metrics, store=self.store, token=token or None)

@@ -18,12 +18,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from accumulators import batch_accumulator
-from connectors import MemorySink
-from engine import ComputationGraphBuilder, Runtime, node
 from examples._support import quiet_logs
 from examples.market import Trade
-from reactors import reactor
+from headrace.accumulators import batch_accumulator
+from headrace.connectors import MemorySink
+from headrace.engine import ComputationGraphBuilder, Runtime, node
+from headrace.reactors import reactor
 
 GRAPH = "batch_vwap"
 REACTOR = "batch_vwap_rx"

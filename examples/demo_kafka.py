@@ -103,7 +103,9 @@ class Worker:
 
     def __init__(self, env: dict[str, str]) -> None:
         headrace = Path(sys.executable).parent / "headrace"
-        command = [str(headrace)] if headrace.exists() else [sys.executable, "-m", "engine.cli"]
+        command = (
+            [str(headrace)] if headrace.exists() else [sys.executable, "-m", "headrace.engine.cli"]
+        )
         self.proc = subprocess.Popen(
             [*command, "run", str(CONFIG), "--log-format", "console"],
             cwd=ROOT,

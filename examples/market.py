@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from accumulators import stream_accumulator
+from headrace.accumulators import stream_accumulator
 
 
 class OrderBook(BaseModel):

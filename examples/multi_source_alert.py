@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from accumulators import passthrough_accumulator
-from connectors import MemorySink
-from engine import ComputationGraphBuilder, Runtime, node
 from examples._support import quiet_logs
 from examples.market import OrderBook, ReferencePrice
-from reactors import reactor
+from headrace.accumulators import passthrough_accumulator
+from headrace.connectors import MemorySink
+from headrace.engine import ComputationGraphBuilder, Runtime, node
+from headrace.reactors import reactor
 
 GRAPH = "multi_source_alert"
 REACTOR = "multi_source_alert_rx"

@@ -17,11 +17,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from connectors import MemorySink
-from engine import ComputationGraphBuilder, Runtime, node
 from examples._support import quiet_logs
 from examples.market import OrderBook
-from reactors import reactor
+from headrace.connectors import MemorySink
+from headrace.engine import ComputationGraphBuilder, Runtime, node
+from headrace.reactors import reactor
 
 GRAPH = "price_signal"
 REACTOR = "price_signal_rx"

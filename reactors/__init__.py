@@ -1,6 +1,6 @@
 """Reactors: watch accumulators and decide when computation graphs fire."""
 
-from reactors.declaration import (
+from headrace.reactors.declaration import (
     InputStrategy,
     ReactionMode,
     ReactorInUseError,
@@ -17,8 +17,8 @@ from reactors.declaration import (
     unbind_graph,
     unload_reactor,
 )
-from reactors.loop import ReactorLoop, ReactorState
-from reactors.policy import Fire, FiringPolicy
+from headrace.reactors.loop import ReactorLoop, ReactorState
+from headrace.reactors.policy import Fire, FiringPolicy
 
 __all__ = [
     "Fire",

@@ -11,9 +11,9 @@ from typing import Any
 
 import structlog
 
-from accumulators.channel import Channel, Envelope
-from reactors.declaration import ReactorSpec
-from reactors.policy import Fire, FiringPolicy
+from headrace.accumulators.channel import Channel, Envelope
+from headrace.reactors.declaration import ReactorSpec
+from headrace.reactors.policy import Fire, FiringPolicy
 
 log = structlog.get_logger("headrace.reactors")
 

@@ -6,8 +6,8 @@ from collections.abc import Callable, KeysView
 from dataclasses import dataclass, field
 from typing import Any
 
-from accumulators.channel import Envelope
-from reactors.declaration import InputStrategy, ReactionMode, ReactorSpec
+from headrace.accumulators.channel import Envelope
+from headrace.reactors.declaration import InputStrategy, ReactionMode, ReactorSpec
 
 
 @dataclass(slots=True)

@@ -3,9 +3,9 @@ pytest_plugins = ["tests.fixtures.kafka_broker", "tests.fixtures.postgres_server
 # -- registry isolation -------------------------------------------------------------------
 import pytest  # noqa: E402
 
-import accumulators.registry  # noqa: E402
-import engine.registry  # noqa: E402
-import reactors.declaration  # noqa: E402
+import headrace.accumulators.registry  # noqa: E402
+import headrace.engine.graph.registry  # noqa: E402
+import headrace.reactors.declaration  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -15,16 +15,18 @@ def _isolated_registries():
     Declarations a test makes (decorators, builders, loads and unloads) do not leak into
     the next test. Tests that need an example module's declarations reload it.
     """
-    accumulators_before = dict(accumulators.registry._accumulators)
-    reactors_before = dict(reactors.declaration._reactors)
-    bindings_before = {name: set(graphs) for name, graphs in reactors.declaration._bindings.items()}
-    graphs_before = dict(engine.registry._graphs)
+    accumulators_before = dict(headrace.accumulators.registry._accumulators)
+    reactors_before = dict(headrace.reactors.declaration._reactors)
+    bindings_before = {
+        name: set(graphs) for name, graphs in headrace.reactors.declaration._bindings.items()
+    }
+    graphs_before = dict(headrace.engine.graph.registry._graphs)
     yield
     for registry, snapshot in (
-        (accumulators.registry._accumulators, accumulators_before),
-        (reactors.declaration._reactors, reactors_before),
-        (reactors.declaration._bindings, bindings_before),
-        (engine.registry._graphs, graphs_before),
+        (headrace.accumulators.registry._accumulators, accumulators_before),
+        (headrace.reactors.declaration._reactors, reactors_before),
+        (headrace.reactors.declaration._bindings, bindings_before),
+        (headrace.engine.graph.registry._graphs, graphs_before),
     ):
         registry.clear()
         registry.update(snapshot)

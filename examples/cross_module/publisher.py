@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from accumulators import passthrough_accumulator
 from examples._support import quiet_logs
-from reactors import bound_graphs, reactor
+from headrace.accumulators import passthrough_accumulator
+from headrace.reactors import bound_graphs, reactor
 
 REACTOR = "PriceReactor"
 

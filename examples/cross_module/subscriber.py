@@ -19,8 +19,9 @@ import asyncio
 import importlib
 from typing import Any
 
-from connectors import MemorySink
-from engine import (
+from examples._support import quiet_logs
+from headrace.connectors import MemorySink
+from headrace.engine import (
     ComputationGraph,
     ComputationGraphBuilder,
     Runtime,
@@ -28,9 +29,8 @@ from engine import (
     node,
     unload_graph,
 )
-from engine.registry import register_graph
-from examples._support import quiet_logs
-from reactors import ReactorInUseError, bound_graphs, register_reactor, unload_reactor
+from headrace.engine.graph.registry import register_graph
+from headrace.reactors import ReactorInUseError, bound_graphs, register_reactor, unload_reactor
 
 GRAPH = "price_consumer"
 REACTOR = "PriceReactor"  # declared in examples.cross_module.publisher

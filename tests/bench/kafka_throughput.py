@@ -32,11 +32,11 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from accumulators import stream_accumulator
-from connectors import KafkaSink, KafkaSource
-from connectors.kafka_source import CONSUMER_DEFAULTS
-from engine import ComputationGraphBuilder, Runtime, node
-from reactors import reactor
+from headrace.accumulators import stream_accumulator
+from headrace.connectors import KafkaSink, KafkaSource
+from headrace.connectors.kafka.source import CONSUMER_DEFAULTS
+from headrace.engine import ComputationGraphBuilder, Runtime, node
+from headrace.reactors import reactor
 from tests.fixtures import env_line, run_script
 from tests.fixtures.kafka_broker import KAFKA_LOCAL, committed_offsets, create_topic
 

@@ -12,10 +12,10 @@ import orjson
 import psutil
 import pytest
 
-from accumulators import stream_accumulator
-from connectors import KafkaSource, MemorySink
-from engine import ComputationGraphBuilder, Runtime, node
-from reactors import reactor
+from headrace.accumulators import stream_accumulator
+from headrace.connectors import KafkaSource, MemorySink
+from headrace.engine import ComputationGraphBuilder, Runtime, node
+from headrace.reactors import reactor
 from tests.fixtures.kafka_broker import create_topic, produce_json, unique_topic
 from tests.integration.kafka_harness import (
     OutputReader,

@@ -10,10 +10,10 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from accumulators import batch_accumulator, stream_accumulator
-from connectors import KafkaDeadLetters, KafkaSink, KafkaSource
-from engine import ComputationGraphBuilder, Runtime, node
-from reactors import reactor
+from headrace.accumulators import batch_accumulator, stream_accumulator
+from headrace.connectors import KafkaDeadLetters, KafkaSink, KafkaSource
+from headrace.engine import ComputationGraphBuilder, Runtime, node
+from headrace.reactors import reactor
 from tests.fixtures.kafka_broker import (
     consume_all,
     create_topic,

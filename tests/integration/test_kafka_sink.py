@@ -9,10 +9,10 @@ import uuid
 import orjson
 import pytest
 
-from accumulators import passthrough_accumulator
-from connectors import DeadLetter, KafkaDeadLetters, KafkaSink, MemoryDeadLetters
-from engine import ComputationGraphBuilder, Runtime, node
-from reactors import reactor
+from headrace.accumulators import passthrough_accumulator
+from headrace.connectors import DeadLetter, KafkaDeadLetters, KafkaSink, MemoryDeadLetters
+from headrace.engine import ComputationGraphBuilder, Runtime, node
+from headrace.reactors import reactor
 from tests.fixtures.kafka_broker import consume_all, create_topic, unique_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(60)]

@@ -14,10 +14,10 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from connectors import DeadLetter, MemorySink
-from engine import Runtime
-from engine.observers import ExecutionRecord
-from engine.state_store import StateStore
+from headrace.connectors import DeadLetter, MemorySink
+from headrace.engine import Runtime
+from headrace.engine.observers import ExecutionRecord
+from headrace.engine.store.state_store import StateStore
 from tests.fixtures.postgres_server import libpq_url
 from tests.unit.support import pipeline
 

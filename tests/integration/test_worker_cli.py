@@ -28,7 +28,7 @@ import httpx
 import psycopg
 import pytest
 
-from engine.state_store import StateStore
+from headrace.engine.store.state_store import StateStore
 from tests.fixtures.kafka_broker import (
     committed_offsets,
     consume_all,
@@ -49,7 +49,7 @@ def headrace_command() -> list[str]:
     if script.exists():
         return [str(script)]
     found = shutil.which("headrace")
-    return [found] if found else [sys.executable, "-m", "engine.cli"]
+    return [found] if found else [sys.executable, "-m", "headrace.engine.cli"]
 
 
 class WorkerProcess:

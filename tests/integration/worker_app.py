@@ -21,10 +21,10 @@ import orjson
 import psutil
 from pydantic import BaseModel
 
-from accumulators import stream_accumulator
-from connectors import KafkaDeadLetters, KafkaSink, KafkaSource
-from engine import ComputationGraphBuilder, Runtime, node
-from reactors import reactor
+from headrace.accumulators import stream_accumulator
+from headrace.connectors import KafkaDeadLetters, KafkaSink, KafkaSource
+from headrace.engine import ComputationGraphBuilder, Runtime, node
+from headrace.reactors import reactor
 
 
 class OrderBook(BaseModel):

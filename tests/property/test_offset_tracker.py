@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from connectors.offsets import OffsetTracker
+from headrace.connectors.kafka.offsets import OffsetTracker
 
 TPS = [("orders", 0), ("orders", 1), ("quotes", 0)]
 

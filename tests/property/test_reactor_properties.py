@@ -16,9 +16,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accumulators import Channel, Envelope
-from reactors import FiringPolicy, ReactorLoop
-from reactors.declaration import make_reactor_spec
+from headrace.accumulators import Channel, Envelope
+from headrace.reactors import FiringPolicy, ReactorLoop
+from headrace.reactors.declaration import make_reactor_spec
 
 ACCUMULATORS = ("a", "b", "c")
 

@@ -14,10 +14,10 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accumulators import passthrough_accumulator
-from connectors import MemoryDeadLetters, MemorySink
-from engine import ComputationGraphBuilder, Runtime
-from reactors import reactor
+from headrace.accumulators import passthrough_accumulator
+from headrace.connectors import MemoryDeadLetters, MemorySink
+from headrace.engine import ComputationGraphBuilder, Runtime
+from headrace.reactors import reactor
 
 BOUND = 2
 

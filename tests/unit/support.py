@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from accumulators import passthrough_accumulator
-from engine import ComputationGraphBuilder
-from reactors import reactor
+from headrace.accumulators import passthrough_accumulator
+from headrace.engine import ComputationGraphBuilder
+from headrace.reactors import reactor
 
 
 def passthroughs(*names: str, channel_size: int = 1024) -> None:

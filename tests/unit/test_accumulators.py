@@ -8,7 +8,7 @@ import itertools
 import pytest
 from pydantic import BaseModel
 
-from accumulators import (
+from headrace.accumulators import (
     AccumulatorInputError,
     AccumulatorKind,
     batch_accumulator,
@@ -18,9 +18,9 @@ from accumulators import (
     registered_accumulators,
     stream_accumulator,
 )
-from accumulators.spec import DEFAULT_CHANNEL_SIZE
-from connectors import MemoryDeadLetters, MemorySink
-from engine import Runtime
+from headrace.accumulators.spec import DEFAULT_CHANNEL_SIZE
+from headrace.connectors import MemoryDeadLetters, MemorySink
+from headrace.engine import Runtime
 from tests.unit.support import declare_reactor, one_node_graph, wait_until
 
 

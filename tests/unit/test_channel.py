@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from accumulators import Channel, Envelope
-from connectors import MemorySink
-from engine import Runtime
+from headrace.accumulators import Channel, Envelope
+from headrace.connectors import MemorySink
+from headrace.engine import Runtime
 from tests.unit.support import pipeline, wait_until
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from engine.cli import EXIT_CONFIG, EXIT_OK, main
+from headrace.engine.cli import EXIT_CONFIG, EXIT_OK, main
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PRICE_SIGNAL = str(EXAMPLES / "price_signal.toml")
@@ -145,7 +145,7 @@ class Terminal(io.StringIO):
 
 
 def test_logs_are_json_off_a_terminal_with_secrets_masked() -> None:
-    from engine.logging import configure_logging
+    from headrace.engine.ops.logging import configure_logging
 
     out = io.StringIO()
     assert configure_logging("info", "auto", stream=out) == ("info", "json")
@@ -183,7 +183,7 @@ def test_logs_are_json_off_a_terminal_with_secrets_masked() -> None:
 def test_logs_are_readable_on_a_terminal_and_levels_filter(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from engine.logging import configure_logging
+    from headrace.engine.ops.logging import configure_logging
 
     out = Terminal()
     monkeypatch.setenv("HEADRACE_LOG_LEVEL", "WARNING")

@@ -12,14 +12,16 @@ from pathlib import Path
 
 import pytest
 
-import accumulators.registry
-import engine.registry
-import reactors.declaration
-from connectors import StoreSink
-from engine.config import ConfigError, ConfigIssue, interpolate
-from engine.config_loader import LoadedConfig, load_config
-from engine.state_store import StateStore  # imported once: the autouse fixture drops new modules
-from engine.worker import Worker
+import headrace.accumulators.registry
+import headrace.engine.graph.registry
+import headrace.reactors.declaration
+from headrace.connectors import StoreSink
+from headrace.engine.config.loader import LoadedConfig, load_config
+from headrace.engine.config.schema import ConfigError, ConfigIssue, interpolate
+from headrace.engine.store.state_store import (
+    StateStore,
+)  # imported once: the autouse fixture drops new modules
+from headrace.engine.worker import Worker
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -250,13 +252,14 @@ def test_interpolate_reports_each_missing_variable_with_its_path() -> None:
 def fresh_process() -> Iterator[None]:
     """Registries and imported modules as they were before, like a new worker process."""
     registries = (
-        accumulators.registry._accumulators,
-        reactors.declaration._reactors,
-        reactors.declaration._bindings,
-        engine.registry._graphs,
+        headrace.accumulators.registry._accumulators,
+        headrace.reactors.declaration._reactors,
+        headrace.reactors.declaration._bindings,
+        headrace.engine.graph.registry._graphs,
     )
     saved = [
-        copy.deepcopy(r) if r is reactors.declaration._bindings else dict(r) for r in registries
+        copy.deepcopy(r) if r is headrace.reactors.declaration._bindings else dict(r)
+        for r in registries
     ]
     modules = set(sys.modules)
     try:
@@ -284,7 +287,7 @@ def test_examples_validate(files: str) -> None:
         for name in list(sys.modules):
             if name == "examples" or name.startswith("examples."):
                 del sys.modules[name]
-        engine.registry._graphs.clear()
+        headrace.engine.graph.registry._graphs.clear()
         config = load_config([str(EXAMPLES / f) for f in files.split()], environ={})
         assert set(config.graphs) == EXAMPLE_CONFIGS[files]
 

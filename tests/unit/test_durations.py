@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from accumulators import (
+from headrace.accumulators import (
     DurationError,
     batch_accumulator,
     parse_duration,
@@ -87,7 +87,7 @@ def test_explicit_name_is_the_one_named_in_errors():
 
 
 def test_invalid_declaration_registers_nothing():
-    from accumulators import registered_accumulators
+    from headrace.accumulators import registered_accumulators
 
     with pytest.raises(DurationError):
 
@@ -99,7 +99,7 @@ def test_invalid_declaration_registers_nothing():
 
 
 def test_polling_and_batch_without_an_interval_are_rejected() -> None:
-    from accumulators import DurationError, batch_accumulator, polling_accumulator
+    from headrace.accumulators import DurationError, batch_accumulator, polling_accumulator
 
     def no_interval() -> int:
         return 1

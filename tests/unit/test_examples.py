@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import structlog
 
-from accumulators import AccumulatorKind, get_accumulator
-from connectors import MemorySink
-from engine import Runtime, get_graph
-from reactors import ReactionMode, bound_graphs, get_reactor
+from headrace.accumulators import AccumulatorKind, get_accumulator
+from headrace.connectors import MemorySink
+from headrace.engine import Runtime, get_graph
+from headrace.reactors import ReactionMode, bound_graphs, get_reactor
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = [
@@ -84,7 +84,7 @@ async def test_price_signal(ex):
 
 
 async def test_price_signal_drops_invalid_and_crossed_books(ex):
-    from accumulators import AccumulatorInputError
+    from headrace.accumulators import AccumulatorInputError
 
     sink = MemorySink()
     async with Runtime(graphs=["price_signal"], sinks=[sink]) as runtime:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine import ComputationGraphBuilder, GraphDefinitionError, get_graph, node
-from engine.topology import render_mermaid, render_text
-from reactors import bound_graphs
+from headrace.engine import ComputationGraphBuilder, GraphDefinitionError, get_graph, node
+from headrace.engine.graph.topology import render_mermaid, render_text
+from headrace.reactors import bound_graphs
 from tests.unit.support import declare_reactor
 
 
@@ -262,7 +262,7 @@ def test_an_unknown_reactor_is_not_an_error_at_definition_time():
 
 
 def test_zero_retry_attempts_is_rejected() -> None:
-    from engine import ComputationGraphBuilder
+    from headrace.engine import ComputationGraphBuilder
 
     with pytest.raises(ValueError, match="retry attempts must be >= 1"):
         ComputationGraphBuilder("g", reactor="r", graph={"a": {"inputs": ["x"]}}, retry_attempts=0)

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from engine import ComputationGraphBuilder, NodeExecutionError, RoutingError, node
+from headrace.engine import ComputationGraphBuilder, NodeExecutionError, RoutingError, node
 from tests.unit.support import declare_reactor
 
 

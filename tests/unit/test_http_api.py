@@ -15,12 +15,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 from websockets.asyncio.client import connect
 
-from accumulators import passthrough_accumulator, stream_accumulator
-from connectors import DeadLetter, MemorySink
-from engine import Runtime
-from engine.http_api import HttpServer, check_bind, create_app, is_loopback
-from engine.metrics import Metrics
-from engine.state_store import StateStore
+from headrace.accumulators import passthrough_accumulator, stream_accumulator
+from headrace.connectors import DeadLetter, MemorySink
+from headrace.engine import Runtime
+from headrace.engine.ops.http import HttpServer, check_bind, create_app, is_loopback
+from headrace.engine.ops.metrics import Metrics
+from headrace.engine.store.state_store import StateStore
 from tests.unit.support import declare_reactor, one_node_graph, passthroughs, wait_until
 from tests.unit.test_metrics import FakeSource
 

@@ -6,10 +6,10 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from connectors import DeadLetter
-from engine import Runtime
-from engine.metrics import Metrics
-from engine.observers import ExecutionRecord
+from headrace.connectors import DeadLetter
+from headrace.engine import Runtime
+from headrace.engine.observers import ExecutionRecord
+from headrace.engine.ops.metrics import Metrics
 from tests.unit.support import pipeline
 
 
@@ -135,7 +135,7 @@ async def test_a_failing_source_health_does_not_break_a_scrape() -> None:
 
 
 async def test_kafka_source_health_shape_is_understood() -> None:
-    """The shape ``connectors.kafka_source.KafkaSource.health()`` reports."""
+    """The shape ``headrace.connectors.kafka.source.KafkaSource.health()`` reports."""
     graph = pipeline(["a"])
     kafka_like = {
         "type": "kafka",

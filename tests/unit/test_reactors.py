@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from accumulators import Channel, Envelope
-from reactors import (
+from headrace.accumulators import Channel, Envelope
+from headrace.reactors import (
     FiringPolicy,
     InputStrategy,
     ReactionMode,
@@ -18,7 +18,7 @@ from reactors import (
     reactor,
     reactor_name_of,
 )
-from reactors.declaration import make_reactor_spec
+from headrace.reactors.declaration import make_reactor_spec
 from tests.unit.support import Gate, wait_until
 
 # -- declaration ---------------------------------------------------------------------------

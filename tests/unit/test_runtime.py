@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from accumulators import ChannelClosedError
-from connectors import CallbackSink, MemoryDeadLetters, MemorySink
-from engine import (
+from headrace.accumulators import ChannelClosedError
+from headrace.connectors import CallbackSink, MemoryDeadLetters, MemorySink
+from headrace.engine import (
     GraphDefinitionError,
     RetryPolicy,
     Runtime,
@@ -18,7 +18,7 @@ from engine import (
     registered_graphs,
     unload_graph,
 )
-from reactors import (
+from headrace.reactors import (
     ReactorInUseError,
     bound_graphs,
     find_reactor,
@@ -456,8 +456,8 @@ def test_redefining_a_graph_rebinds_it():
 
 
 PUBLISHER = """
-from accumulators import passthrough_accumulator
-from reactors import reactor
+from headrace.accumulators import passthrough_accumulator
+from headrace.reactors import reactor
 
 @passthrough_accumulator
 def feed(event):
@@ -469,7 +469,7 @@ class ModuleReactor:
 """
 
 SUBSCRIBER = """
-from engine import ComputationGraphBuilder, node
+from headrace.engine import ComputationGraphBuilder, node
 
 with ComputationGraphBuilder(
     "module_graph", reactor="ModuleReactor", graph={"consume": {"inputs": ["feed"]}}

@@ -10,11 +10,11 @@ import pytest
 import sqlalchemy as sa
 from pydantic import BaseModel
 
-from accumulators import passthrough_accumulator, polling_accumulator, stream_accumulator
-from connectors import DeadLetter, MemorySink, StoreSink
-from engine import Runtime
-from engine.observers import ExecutionRecord
-from engine.state_store import StateStore
+from headrace.accumulators import passthrough_accumulator, polling_accumulator, stream_accumulator
+from headrace.connectors import DeadLetter, MemorySink, StoreSink
+from headrace.engine import Runtime
+from headrace.engine.observers import ExecutionRecord
+from headrace.engine.store.state_store import StateStore
 from tests.unit.support import (
     declare_reactor,
     one_node_graph,

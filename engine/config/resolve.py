@@ -15,23 +15,28 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from accumulators import (
+from headrace.accumulators import (
     AccumulatorKind,
     AccumulatorSpec,
     get_accumulator,
     register_accumulator,
     registered_accumulators,
 )
-from accumulators.spec import DEFAULT_CHANNEL_SIZE, find_model
-from engine.builder import ComputationGraph, ComputationGraphBuilder, OnError, RetryPolicy
-from engine.config import AccumulatorConfig, GraphConfig, WorkerConfig
-from engine.config_files import Issues, Merged, Path_
-from engine.config_imports import ensure_on_path, import_module, resolve_ref
-from engine.errors import GraphDefinitionError
-from engine.registry import register_graph, registered_graphs
-from engine.topology import parse_topology
-from reactors import ReactorSpec, find_reactor, register_reactor, registered_reactors
-from reactors.declaration import make_reactor_spec
+from headrace.accumulators.spec import DEFAULT_CHANNEL_SIZE, find_model
+from headrace.engine.config.files import Issues, Merged, Path_
+from headrace.engine.config.imports import ensure_on_path, import_module, resolve_ref
+from headrace.engine.config.schema import AccumulatorConfig, GraphConfig, WorkerConfig
+from headrace.engine.errors import GraphDefinitionError
+from headrace.engine.graph.builder import (
+    ComputationGraph,
+    ComputationGraphBuilder,
+    OnError,
+    RetryPolicy,
+)
+from headrace.engine.graph.registry import register_graph, registered_graphs
+from headrace.engine.graph.topology import parse_topology
+from headrace.reactors import ReactorSpec, find_reactor, register_reactor, registered_reactors
+from headrace.reactors.declaration import make_reactor_spec
 
 _KIND_FIELDS: dict[str, set[str]] = {
     "stream": {"topic", "group", "model", "function", "channel_size"},

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
-from engine.config import SECRET_KEY, field_path
-from engine.config_files import Issues, Merged
+from headrace.engine.config.files import Issues, Merged
+from headrace.engine.config.schema import SECRET_KEY, field_path
 
 
 def check_worker(merged: Merged, loaded_needs_kafka: bool, issues: Issues) -> None:

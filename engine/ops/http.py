@@ -22,13 +22,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict
 from starlette.websockets import WebSocketDisconnect
 
-from accumulators import AccumulatorInputError, AccumulatorKind
-from engine.metrics import CONTENT_TYPE, Metrics, source_partitions
-from engine.net import is_loopback
-from engine.state_store import StateStore
+from headrace.accumulators import AccumulatorInputError, AccumulatorKind
+from headrace.engine.ops.metrics import CONTENT_TYPE, Metrics, source_partitions
+from headrace.engine.ops.net import is_loopback
+from headrace.engine.store.state_store import StateStore
 
 if TYPE_CHECKING:
-    from engine.runtime import Runtime
+    from headrace.engine.runtime import Runtime
 
 log = structlog.get_logger("headrace.http")
 

@@ -31,12 +31,12 @@ import structlog
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import StaticPool
 
-from accumulators import AccumulatorKind, get_accumulator
-from connectors.dead_letters import DeadLetter
-from engine.observers import ExecutionRecord
+from headrace.accumulators import AccumulatorKind, get_accumulator
+from headrace.connectors.dead_letters import DeadLetter
+from headrace.engine.observers import ExecutionRecord
 
 if TYPE_CHECKING:
-    from engine.runtime import Runtime
+    from headrace.engine.runtime import Runtime
 
 log = structlog.get_logger("headrace.state_store")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from reactors import bind_graph, unbind_graph
+from headrace.reactors import bind_graph, unbind_graph
 
 if TYPE_CHECKING:
-    from engine.builder import ComputationGraph
+    from headrace.engine.graph.builder import ComputationGraph
 
 _graphs: dict[str, ComputationGraph] = {}
 

@@ -16,15 +16,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from accumulators import AccumulatorSpec
-from engine.builder import ComputationGraph
-from engine.config import ConfigError, ConfigIssue, SinkConfig, WorkerConfig
-from engine.config_files import Issues, merge, parse_file
-from engine.config_imports import ensure_on_path, import_module, resolve_ref
-from engine.config_resolve import Resolver, resolve_groups
-from engine.config_worker import check_worker
-from engine.registry import registered_graphs
-from reactors import ReactorSpec
+from headrace.accumulators import AccumulatorSpec
+from headrace.engine.config.files import Issues, merge, parse_file
+from headrace.engine.config.imports import ensure_on_path, import_module, resolve_ref
+from headrace.engine.config.resolve import Resolver, resolve_groups
+from headrace.engine.config.schema import ConfigError, ConfigIssue, SinkConfig, WorkerConfig
+from headrace.engine.config.worker import check_worker
+from headrace.engine.graph.builder import ComputationGraph
+from headrace.engine.graph.registry import registered_graphs
+from headrace.reactors import ReactorSpec
 
 # -- results ----------------------------------------------------------------------------------
 

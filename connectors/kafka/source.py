@@ -21,14 +21,19 @@ import orjson
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from accumulators import AccumulatorInputError, AccumulatorKind, AccumulatorRunner, BatchRunner
-from accumulators.channel import SharedAck
-from connectors.dead_letters import DeadLetter
-from connectors.kafka_producer import LIBRDKAFKA_LOGGER, ErrorLog
-from connectors.offsets import OffsetTracker, PartitionOffsets
+from headrace.accumulators import (
+    AccumulatorInputError,
+    AccumulatorKind,
+    AccumulatorRunner,
+    BatchRunner,
+)
+from headrace.accumulators.channel import SharedAck
+from headrace.connectors.dead_letters import DeadLetter
+from headrace.connectors.kafka.offsets import OffsetTracker, PartitionOffsets
+from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER, ErrorLog
 
 if TYPE_CHECKING:
-    from engine.runtime import Runtime
+    from headrace.engine.runtime import Runtime
 
 log = structlog.get_logger("headrace.kafka")
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import GraphDefinitionError
+from headrace.engine.errors import GraphDefinitionError
 
 _ALLOWED_KEYS = {"inputs", "next", "routes"}
 

@@ -28,12 +28,12 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from connectors.dead_letters import DeadLetter
-from engine.observers import ExecutionRecord
+from headrace.connectors.dead_letters import DeadLetter
+from headrace.engine.observers import ExecutionRecord
 
 if TYPE_CHECKING:
-    from engine.runtime import Runtime
-    from engine.state_store import StateStore
+    from headrace.engine.runtime import Runtime
+    from headrace.engine.store.state_store import StateStore
 
 log = structlog.get_logger("headrace.metrics")
 

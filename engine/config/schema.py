@@ -21,7 +21,7 @@ A worker loads one or more TOML files. Each file may hold any of these sections:
 
 Every problem is reported as ``file: field.path: reason`` (see ``ConfigIssue``); the
 cross-file checks live in ``engine.config_resolve`` and ``engine.config_worker``,
-run by ``engine.config_loader.load_config``.
+run by ``headrace.engine.config.loader.load_config``.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from pydantic import (
     SecretStr,
 )
 
-from accumulators.durations import DurationError, parse_duration
-from engine.net import is_loopback
+from headrace.accumulators.durations import DurationError, parse_duration
+from headrace.engine.ops.net import is_loopback
 
 # -- errors -------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pydantic
 from pydantic import BaseModel
 
-from engine.config import (
+from headrace.engine.config.schema import (
     SECTIONS,
     AccumulatorConfig,
     ConfigError,

@@ -7,9 +7,9 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from engine.errors import GraphDefinitionError, NodeExecutionError, RoutingError
-from engine.nodes import NodeFunction
-from engine.topology import NodeShape, Topology
+from headrace.engine.errors import GraphDefinitionError, NodeExecutionError, RoutingError
+from headrace.engine.graph.nodes import NodeFunction
+from headrace.engine.graph.topology import NodeShape, Topology
 
 _SKIPPED = object()
 

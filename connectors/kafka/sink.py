@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from connectors.kafka_producer import Delivered, DeliveryProducer
+from headrace.connectors.kafka.producer import Delivered, DeliveryProducer
 
 KeyFunction = Callable[[str, dict[str, Any]], bytes | str | None]
 

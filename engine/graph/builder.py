@@ -9,13 +9,13 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any
 
-from accumulators import parse_duration
-from engine.errors import GraphDefinitionError
-from engine.executor import GraphExecutor
-from engine.nodes import NodeCollector, NodeFunction, pop_builder, push_builder
-from engine.registry import register_graph
-from engine.topology import Topology, parse_topology
-from reactors import ReactorSpec, find_reactor, reactor_name_of
+from headrace.accumulators import parse_duration
+from headrace.engine.errors import GraphDefinitionError
+from headrace.engine.graph.executor import GraphExecutor
+from headrace.engine.graph.nodes import NodeCollector, NodeFunction, pop_builder, push_builder
+from headrace.engine.graph.registry import register_graph
+from headrace.engine.graph.topology import Topology, parse_topology
+from headrace.reactors import ReactorSpec, find_reactor, reactor_name_of
 
 
 class OnError(StrEnum):

@@ -6,8 +6,8 @@ from typing import Any
 
 import orjson
 
-from connectors.dead_letters import DeadLetter
-from connectors.kafka_producer import DeliveryProducer
+from headrace.connectors.dead_letters import DeadLetter
+from headrace.connectors.kafka.producer import DeliveryProducer
 
 
 def _jsonable(value: Any) -> Any:

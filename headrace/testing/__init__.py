@@ -1,0 +1,1 @@
+"""Testing toolkit for Headrace users: pytest fixtures, brokers, workers, graph helpers."""
