@@ -29,6 +29,8 @@ from headrace.accumulators import (
 )
 from headrace.accumulators.channel import SharedAck
 from headrace.connectors.dead_letters import DeadLetter
+from headrace.connectors.kafka.commits import Commits
+from headrace.connectors.kafka.flow import PartitionFlow
 from headrace.connectors.kafka.offsets import OffsetTracker, PartitionOffsets
 from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER, ErrorLog
 
@@ -140,13 +142,9 @@ class KafkaSource:
         self._consumer: Consumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._assigned: set[TP] = set()
-        self._paused: set[TP] = set()  # partitions we hold paused
-        self._to_pause: dict[TP, int | None] = {}  # to pause before the next fetch (+ seek)
         self._resume_scheduled = False
         self._space = asyncio.Event()
         self._dead_letter_tasks: set[asyncio.Task[None]] = set()
-        self._last_commit = time.monotonic()
         self._lag: dict[TP, int] = {}
         self.stats = {
             "messages": 0,
@@ -158,6 +156,8 @@ class KafkaSource:
             "rebalances": 0,
             "errors": 0,
         }
+        self.flow = PartitionFlow(self.stats)
+        self.commits = Commits(self.tracker, commit_interval, TopicPartition, self.stats)
 
     # -- wiring ------------------------------------------------------------------------
     def _select(self, runtime: Runtime) -> dict[str, list[AccumulatorRunner]]:
@@ -242,12 +242,10 @@ class KafkaSource:
         while not self._stopping:
             try:
                 limit = await self._wait_for_room()
-                if self._to_pause:
-                    pauses, self._to_pause = self._to_pause, {}
+                if self.flow.to_pause:
+                    pauses = self.flow.take_pending()
                     failed = await self._call(self._pause_and_seek, pauses)
-                    for tp, offset in failed.items():  # keep the partition out until it works
-                        if tp in self._paused:
-                            self._to_pause.setdefault(tp, offset)
+                    self.flow.pause_failed(failed)  # keep the partition out until it works
                 messages = await self._call(self._fetch, limit)
             except RuntimeError:  # consumer closed under us
                 return
@@ -259,17 +257,14 @@ class KafkaSource:
             try:
                 if messages:
                     await self._handle(messages)
-                if self._paused:
+                if self.flow.paused:
                     self._try_resume()
-                if time.monotonic() - self._last_commit >= self.commit_interval:
+                if self.commits.due():
                     await self._commit(asynchronous=True)
             except Exception:
                 self.stats["errors"] += 1
                 log.exception("kafka source iteration failed")
                 await asyncio.sleep(self.poll_timeout)
-
-    def _active(self, route: _Route) -> list[TP]:
-        return [tp for tp in self._assigned if tp[0] == route.topic and tp not in self._paused]
 
     async def _wait_for_room(self) -> int:
         """Wait until every route being fetched has room for a batch; returns the batch size.
@@ -284,7 +279,7 @@ class KafkaSource:
             short: list[_Route] = []
             fetching = 0
             for route in self._routes.values():
-                if not self._active(route):
+                if not self.flow.active(route.topic):
                     continue
                 room = route.room()
                 if room < min(self.batch_size, max(1, route.capacity // 2)):
@@ -298,7 +293,7 @@ class KafkaSource:
             deadline = deadline if deadline is not None else now + self.pause_after
             if fetching or now >= deadline or self._stopping:
                 for route in short:
-                    for tp in self._active(route):
+                    for tp in self.flow.active(route.topic):
                         self._pause(tp, None)
                 continue
             self._space.clear()
@@ -309,8 +304,9 @@ class KafkaSource:
     async def _handle(self, messages: list[Message]) -> None:
         """Decode and deliver a batch; per partition run, look-ups happen once."""
         routes = self._routes
-        paused = self._paused
-        assigned = self._assigned
+        flow = self.flow
+        paused = flow.paused
+        assigned = flow.assigned
         loads = orjson.loads
         limit = self.max_message_bytes
         rooms: dict[str, int] = {}
@@ -337,10 +333,7 @@ class KafkaSource:
             if current in paused:
                 # Fetched before the pause took effect: rewind the partition to the first
                 # offset not taken yet, so that nothing is skipped for good.
-                rewind = state.last_begun + 1 if state.last_begun >= 0 else offset
-                pending = self._to_pause.get(current)
-                if pending is None or rewind < pending:
-                    self._to_pause[current] = rewind
+                flow.rewind(current, state.last_begun + 1 if state.last_begun >= 0 else offset)
                 continue
             room = rooms.get(topic, 0)
             if room <= 0:
@@ -462,9 +455,7 @@ class KafkaSource:
     def _pause(self, tp: TP, offset: int | None) -> None:
         """Stop taking ``tp``; before the next fetch it is paused and, with an offset,
         rewound to it (the first event not delivered)."""
-        self._paused.add(tp)
-        self._to_pause[tp] = offset
-        self.stats["pauses"] += 1
+        self.flow.pause(tp, offset)
 
     def _pause_and_seek(self, pauses: dict[TP, int | None]) -> dict[TP, int | None]:
         """Consumer thread: pause, then seek back; returns what failed (to try again)."""
@@ -492,7 +483,7 @@ class KafkaSource:
     def _on_space(self) -> None:
         """Channel listener: called whenever a reactor takes a value."""
         self._space.set()
-        if self._paused and not self._resume_scheduled and self._loop is not None:
+        if self.flow.paused and not self._resume_scheduled and self._loop is not None:
             self._resume_scheduled = True
             self._loop.call_soon(self._try_resume)
 
@@ -500,27 +491,25 @@ class KafkaSource:
         self._resume_scheduled = False
         if self._stopping or self._executor is None:
             return
-        ready = [
-            tp
-            for tp in self._paused
-            if tp not in self._to_pause and (route := self._routes.get(tp[0])) and route.drained()
-        ]
+        ready = self.flow.take_ready(self._can_resume)
         if not ready:
             return
-        self._paused.difference_update(ready)
-        self.stats["resumes"] += len(ready)
         try:
             done = self._executor.submit(self._resume, ready)
         except RuntimeError:  # shut down
             return
         done.add_done_callback(self._resumed)
 
+    def _can_resume(self, tp: TP) -> bool:
+        route = self._routes.get(tp[0])
+        return route is not None and route.drained()
+
     def _resumed(self, done: concurrent.futures.Future[list[TP]]) -> None:
         """A resume that failed leaves its partitions paused: hold them, try again later."""
         failed = done.result() if done.exception() is None else []
         if failed and self._loop is not None:
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._paused.update, failed)
+                self._loop.call_soon_threadsafe(self.flow.resume_failed, failed)
 
     def _resume(self, ready: list[TP]) -> list[TP]:
         """Consumer thread: resume ``ready``; returns those that could not be resumed."""
@@ -577,14 +566,11 @@ class KafkaSource:
     def _assigned_on_loop(self, tps: list[TP]) -> list[TP]:
         """Track new partitions; returns those to pause (ours already, or channel full)."""
         self.stats["rebalances"] += 1
-        self._assigned.update(tps)
-        for tp in tps:
-            self._to_pause.pop(tp, None)  # a fresh assignment starts at the committed offset
-            route = self._routes.get(tp[0])
-            if tp not in self._paused and route is not None and not route.drained():
-                self._paused.add(tp)
-                self.stats["pauses"] += 1
-        return [tp for tp in self._paused if tp in self._assigned]
+        return self.flow.assign(tps, self._must_pause)
+
+    def _must_pause(self, tp: TP) -> bool:
+        route = self._routes.get(tp[0])
+        return route is not None and not route.drained()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
@@ -607,10 +593,7 @@ class KafkaSource:
     async def _revoke_on_loop(self, tps: list[TP]) -> dict[TP, int]:
         """Give in-flight events of ``tps`` a moment to finish; return what to commit."""
         self.stats["rebalances"] += 1
-        for tp in tps:
-            self._assigned.discard(tp)
-            self._paused.discard(tp)
-            self._to_pause.pop(tp, None)
+        self.flow.revoke(tps)
         deadline = time.monotonic() + self.revoke_timeout
         while (
             not (self._runtime is not None and self._runtime.failed())
@@ -618,7 +601,7 @@ class KafkaSource:
             and time.monotonic() < deadline
         ):
             await asyncio.sleep(0.01)
-        return self.tracker.committable(tps)
+        return self.commits.take(tps)
 
     def _drop_on_loop(self, tps: list[TP]) -> None:
         self.tracker.revoke(tps)
@@ -636,61 +619,34 @@ class KafkaSource:
 
     def _lost_on_loop(self, tps: list[TP]) -> None:
         self.stats["rebalances"] += 1
-        for tp in tps:
-            self._assigned.discard(tp)
-            self._paused.discard(tp)
-            self._to_pause.pop(tp, None)
+        self.flow.revoke(tps)
         self._drop_on_loop(tps)
 
     # -- committing --------------------------------------------------------------------
     async def _commit(self, asynchronous: bool) -> None:
-        self._last_commit = time.monotonic()
-        offsets = self.tracker.committable()
+        offsets = self.commits.take()
         if asynchronous:
             await self._call(self._commit_async, offsets)
         elif offsets:
             committed = await self._call(self._commit_sync, self._consumer, offsets)
-            self.tracker.mark_committed(committed)
+            self.commits.accepted(committed)
 
     def _commit_async(self, offsets: dict[TP, int]) -> None:
         consumer = self._consumer
         assert consumer is not None
-        if offsets:
-            tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-            try:
-                consumer.commit(offsets=tps, asynchronous=True)
-            except KafkaException as error:
-                self.stats["commit_failures"] += 1
-                log.warning("commit failed", error=str(error))
+        self.commits.commit_async(consumer, offsets)
         self._update_lag(consumer)
 
     def _commit_sync(self, consumer: Consumer | None, offsets: dict[TP, int]) -> dict[TP, int]:
         """Commit and wait (consumer thread); returns what the broker accepted."""
-        if consumer is None or not offsets:
-            return {}
-        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-        try:
-            result = consumer.commit(offsets=tps, asynchronous=False) or []
-        except KafkaException as error:
-            self.stats["commit_failures"] += 1
-            log.warning("commit failed", error=str(error), offsets=offsets)
-            return {}
-        accepted = {(tp.topic, tp.partition): tp.offset for tp in result if tp.error is None}
-        self.stats["commits"] += 1
-        return accepted
+        return self.commits.commit_sync(consumer, offsets)
 
     def _on_commit_thread(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         """Async commit result (served on the consumer thread)."""
-        if error is not None:
-            self.stats["commit_failures"] += 1
-            if error.code() != KafkaError._NO_OFFSET:
-                log.warning("commit failed", error=str(error))
-            return
-        accepted = {(tp.topic, tp.partition): tp.offset for tp in partitions if tp.error is None}
-        self.stats["commits"] += 1
+        accepted = self.commits.on_commit(error, partitions)
         if accepted and self._loop is not None:
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self.tracker.mark_committed, accepted)
+                self._loop.call_soon_threadsafe(self.commits.accepted, accepted)
 
     def _update_lag(self, consumer: Consumer) -> None:
         try:
@@ -743,8 +699,8 @@ class KafkaSource:
             "group": self.group_id,
             "topics": sorted(self._routes),
             "accumulators": sorted(self.accumulators),
-            "assigned": sorted(f"{t}[{p}]" for t, p in self._assigned),
-            "paused": sorted(f"{t}[{p}]" for t, p in self._paused),
+            "assigned": sorted(f"{t}[{p}]" for t, p in self.flow.assigned),
+            "paused": sorted(f"{t}[{p}]" for t, p in self.flow.paused),
             "lag": {f"{t}[{p}]": lag for (t, p), lag in sorted(self._lag.items())},
             "in_flight": self.tracker.in_flight(),
             **self.stats,
