@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import structlog
 from confluent_kafka import KafkaError, KafkaException
 
+from headrace.connectors.kafka.flow import labelled
 from headrace.connectors.kafka.offsets import OffsetTracker
 
 log = structlog.get_logger("headrace.kafka")
@@ -100,7 +101,7 @@ class Commits:
             result = consumer.commit(offsets=self._partitions(offsets), asynchronous=False) or []
         except KafkaException as error:
             self.stats["commit_failures"] += 1
-            log.warning("commit failed", error=str(error), offsets=offsets)
+            log.warning("commit failed", error=str(error), offsets=labelled(offsets))
             return {}
         self.stats["commits"] += 1
         return accepted_offsets(result)

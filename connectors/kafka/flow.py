@@ -14,6 +14,21 @@ from typing import Any
 TP = tuple[str, int]
 
 
+def label(tp: TP) -> str:
+    """A partition as log and health output shows it: ``"topic[p]"``."""
+    return f"{tp[0]}[{tp[1]}]"
+
+
+def labels(tps: Iterable[TP]) -> list[str]:
+    """Partitions as sorted ``"topic[p]"`` strings (JSON-safe log fields)."""
+    return sorted(label(tp) for tp in tps)
+
+
+def labelled(offsets: dict[TP, int]) -> dict[str, int]:
+    """``{"topic[p]": offset}``: a tuple-keyed dict made JSON-safe for logs."""
+    return {label(tp): offset for tp, offset in sorted(offsets.items())}
+
+
 class PartitionFlow:
     """Assigned and paused partitions, and the pauses/seeks still to apply.
 

@@ -30,7 +30,7 @@ from headrace.accumulators import (
 from headrace.accumulators.channel import SharedAck
 from headrace.connectors.dead_letters import DeadLetter
 from headrace.connectors.kafka.commits import Commits
-from headrace.connectors.kafka.flow import PartitionFlow
+from headrace.connectors.kafka.flow import PartitionFlow, label, labelled, labels
 from headrace.connectors.kafka.offsets import OffsetTracker, PartitionOffsets
 from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER, ErrorLog
 
@@ -476,7 +476,7 @@ class KafkaSource:
             try:  # pause first, then seek: librdkafka resumes at the seek offset
                 consumer.seek(TopicPartition(topic, partition, offset))
             except KafkaException as error:
-                log.warning("seek failed", topic=topic, partition=partition, error=str(error))
+                log.warning("seek failed", partition=label((topic, partition)), error=str(error))
                 failed[(topic, partition)] = offset
         return failed
 
@@ -561,7 +561,12 @@ class KafkaSource:
         to_pause = self._on_loop(self._assigned_on_loop, tps) or []
         if to_pause:
             consumer.pause([TopicPartition(t, p) for t, p in to_pause])
-        log.info("partitions assigned", group=self.group_id, partitions=tps, paused=to_pause)
+        log.info(
+            "partitions assigned",
+            group=self.group_id,
+            partitions=labels(tps),
+            paused=labels(to_pause),
+        )
 
     def _assigned_on_loop(self, tps: list[TP]) -> list[TP]:
         """Track new partitions; returns those to pause (ours already, or channel full)."""
@@ -588,7 +593,12 @@ class KafkaSource:
             consumer.incremental_unassign(partitions)
         else:
             consumer.unassign()
-        log.info("partitions revoked", group=self.group_id, partitions=tps, committed=offsets)
+        log.info(
+            "partitions revoked",
+            group=self.group_id,
+            partitions=labels(tps),
+            committed=labelled(offsets),
+        )
 
     async def _revoke_on_loop(self, tps: list[TP]) -> dict[TP, int]:
         """Give in-flight events of ``tps`` a moment to finish; return what to commit."""
@@ -615,7 +625,7 @@ class KafkaSource:
             consumer.incremental_unassign(partitions)
         else:
             consumer.unassign()
-        log.warning("partitions lost", group=self.group_id, partitions=tps)
+        log.warning("partitions lost", group=self.group_id, partitions=labels(tps))
 
     def _lost_on_loop(self, tps: list[TP]) -> None:
         self.stats["rebalances"] += 1
@@ -679,7 +689,11 @@ class KafkaSource:
         if self._executor is None:
             return
         try:
-            await self._commit(asynchronous=False)
+            try:
+                await self._commit(asynchronous=False)
+            except Exception as error:  # e.g. ILLEGAL_GENERATION mid-rebalance: still leave
+                self.stats["commit_failures"] += 1
+                log.warning("final commit failed", group=self.group_id, error=repr(error))
             await self._call(self._close_consumer)
         finally:
             self._executor.shutdown(wait=True)
@@ -687,9 +701,12 @@ class KafkaSource:
         log.info("kafka source closed", group=self.group_id, **self.stats)
 
     def _close_consumer(self) -> None:
+        """Consumer thread: leave the group (LeaveGroup); never raises."""
         if self._consumer is not None:
             try:
                 self._consumer.close()  # revokes (and commits) through _on_revoke
+            except Exception as error:
+                log.warning("consumer close failed", group=self.group_id, error=repr(error))
             finally:
                 self._consumer = None
 
@@ -699,9 +716,9 @@ class KafkaSource:
             "group": self.group_id,
             "topics": sorted(self._routes),
             "accumulators": sorted(self.accumulators),
-            "assigned": sorted(f"{t}[{p}]" for t, p in self.flow.assigned),
-            "paused": sorted(f"{t}[{p}]" for t, p in self.flow.paused),
-            "lag": {f"{t}[{p}]": lag for (t, p), lag in sorted(self._lag.items())},
+            "assigned": labels(self.flow.assigned),
+            "paused": labels(self.flow.paused),
+            "lag": labelled(self._lag),
             "in_flight": self.tracker.in_flight(),
             **self.stats,
             "client_errors": self._errors.count,

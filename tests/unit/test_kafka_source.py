@@ -1,0 +1,79 @@
+"""KafkaSource against a fake consumer: logging, closing, flow control (no broker)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import structlog
+from confluent_kafka import KafkaError
+
+from headrace.accumulators import stream_accumulator
+from headrace.connectors import KafkaSource, MemorySink
+from headrace.engine import Runtime
+from tests.unit.kafka_fakes import FakeConsumer, install
+from tests.unit.support import Gate, declare_reactor, one_node_graph, wait_until
+
+T0, T1 = ("t", 0), ("t", 1)
+
+
+def declare(channel_size: int = 1024, gate: Gate | None = None) -> None:
+    """Topic ``t`` -> stream accumulator ``s`` -> reactor -> a graph returning the event."""
+    stream_accumulator(topic="t", name="s", channel_size=channel_size)(lambda event: event)
+    declare_reactor("rx", ["s"], strategy="sequential")
+
+    async def run(s: Any) -> Any:
+        if gate is not None:
+            await gate.wait()
+        return s
+
+    one_node_graph("g", "rx", ["s"], run)
+
+
+@asynccontextmanager
+async def running(
+    monkeypatch: pytest.MonkeyPatch, sink: MemorySink | None = None, **options: Any
+) -> AsyncIterator[tuple[Runtime, KafkaSource, FakeConsumer]]:
+    consumers = install(monkeypatch)
+    source = KafkaSource("fake:9092", "g1", commit_interval=0.05, poll_timeout=0.01, **options)
+    runtime = Runtime(sources=[source], sinks=[sink or MemorySink()])
+    async with runtime:
+        yield runtime, source, consumers[0]
+
+
+async def on_thread(source: KafkaSource, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn`` on the source's consumer thread (where librdkafka runs callbacks)."""
+    return await source._call(fn, *args)
+
+
+def assert_json_safe(entries: list[dict[str, Any]]) -> None:
+    for entry in entries:
+        json.dumps(entry)  # raises on tuple keys and other non-JSON fields
+
+
+async def test_rebalance_and_commit_logs_are_json_safe_and_close_survives_illegal_generation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    declare()
+    sink = MemorySink()
+    with structlog.testing.capture_logs() as entries:
+        async with running(monkeypatch, sink) as (_, source, consumer):
+            await on_thread(source, consumer.rebalance, "on_assign", [T0, T1])
+            consumer.add(T0, [{"i": i} for i in range(5)])
+            await wait_until(lambda: len(sink.results) == 5, 10)
+            await wait_until(lambda: consumer.committed.get(T0) == 5, 10)
+            await on_thread(source, consumer.rebalance, "on_revoke", [T1])
+            consumer.add(T0, [{"i": 5}])
+            await wait_until(lambda: len(sink.results) == 6, 10)
+            # SIGTERM during a rebalance: the final commit fails with ILLEGAL_GENERATION
+            consumer.commit_error = KafkaError(KafkaError.ILLEGAL_GENERATION)
+    assert ("close", None) in consumer.calls, "the consumer must leave the group"
+    assert consumer.closed
+    warnings = [e for e in entries if e["event"] == "commit failed"]
+    assert warnings and "ILLEGAL_GENERATION" in warnings[0]["error"]
+    assert_json_safe(entries)
+    revoked = [e for e in entries if e["event"] == "partitions revoked"]
+    assert revoked[0]["partitions"] == ["t[1]"]
