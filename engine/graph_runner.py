@@ -188,6 +188,10 @@ class GraphRunner:
         await self.dead_letters.send(letter)
         self.observers.on_dead_letter(letter)
 
+    def pending(self) -> list[asyncio.Task[None]]:
+        """Redeliveries still running (each holds its fire's inputs unsettled)."""
+        return list(self._redeliveries)
+
     def health(self) -> dict[str, Any]:
         return {
             "reactor": self.graph.reactor_name,

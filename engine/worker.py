@@ -31,6 +31,7 @@ from headrace.connectors.sinks import CallbackSink, LogSink, Sink, StoreSink
 from headrace.engine.config.loader import LoadedConfig, resolve_ref
 from headrace.engine.config.schema import SinkConfig, reveal
 from headrace.engine.runtime import Runtime, Source
+from headrace.engine.supervision import ComponentFailure
 
 log = structlog.get_logger("headrace.worker")
 
@@ -211,28 +212,71 @@ class Worker:
         return remove
 
     # -- running ---------------------------------------------------------------------------
+    def _on_failure(self, failure: ComponentFailure) -> None:
+        """A supervised component failed: drain what can be drained, then exit 1."""
+        self.exit_code = EXIT_FAILURE
+        if self._stop.is_set():
+            return
+        if self.runtime is not None and self.runtime.failed():
+            self._halted()
+        else:
+            log.error(
+                "stopping the worker: a component failed",
+                component=failure.component,
+                reason=failure.reason,
+            )
+        self._stop.set()
+
+    def _halted(self) -> None:
+        assert self.runtime is not None
+        failed = self.runtime.failed()
+        errors = {name: self.runtime.reactors[name].last_error for name in failed}
+        log.error("graph halted: stopping the worker", reactors=failed, errors=errors)
+
+    def _threads(self) -> dict[str, Callable[[], bool]]:
+        """Background threads that must stay alive while the worker runs, by component."""
+        threads: dict[str, Callable[[], bool]] = {}
+        writer = getattr(self.store, "_thread", None)
+        if writer is not None:
+            threads["state-store-writer"] = writer.is_alive
+        parts = [(f"sink:{name}", sink) for name, sink in self.sinks.items()]
+        parts.append(("dead-letters:kafka", self.kafka_dead_letters))
+        for component, part in parts:
+            producer = getattr(part, "producer", None)
+            if producer is not None and hasattr(producer, "poll_thread_alive"):
+                threads[component] = producer.poll_thread_alive
+        return threads
+
     async def _watch(self, interval: float = 0.2) -> None:
-        """Stop the worker when a graph halts (``on_error = "stop"``)."""
+        """Stop the worker when a graph halts (``on_error = "stop"``) or a thread died.
+
+        Supervised tasks and reported failures stop it at once through ``_on_failure``.
+        """
         assert self.runtime is not None
         while not self._stop.is_set():
-            failed = self.runtime.failed()
-            if failed:
-                errors = {name: self.runtime.reactors[name].last_error for name in failed}
-                log.error("graph halted: stopping the worker", reactors=failed, errors=errors)
+            if self.runtime.failed():
+                self._halted()
                 self.exit_code = EXIT_FAILURE
                 self._stop.set()
                 return
+            for component, alive in self._threads().items():
+                if not alive():
+                    self.runtime.fail(component, "background thread died")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), interval)
 
     async def start(self) -> None:
         """Open the store, start HTTP and the runtime, restore stored values."""
         runtime = self.runtime or self.build()
+        runtime.add_failure_listener(self._on_failure)
         if self.store is not None:
             await asyncio.to_thread(self.store.open)
         self.http = self.build_http()
         if self.http is not None:
             await self.http.start()
+            task = getattr(self.http, "_task", None)
+            if task is not None:
+                runtime.supervise(task, "http-api")
         await runtime.start()
         if self.store is not None:
             restored = await self.store.restore_into(runtime)
@@ -255,7 +299,7 @@ class Worker:
         timeout = self.config.worker.drain_timeout
         if self.runtime is not None:
             try:
-                await asyncio.wait_for(self.runtime.stop(drain=True), timeout)
+                await asyncio.wait_for(self.runtime.stop(drain=True, timeout=timeout / 2), timeout)
             except TimeoutError:
                 log.error("drain did not finish in time", drain_timeout=timeout)
                 self.exit_code = EXIT_FAILURE

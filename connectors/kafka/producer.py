@@ -96,6 +96,10 @@ class DeliveryProducer:
     def started(self) -> bool:
         return self._producer is not None
 
+    def poll_thread_alive(self) -> bool:
+        """False once started and the thread serving delivery reports is gone."""
+        return self._producer is None or (self._thread is not None and self._thread.is_alive())
+
     def start(self) -> None:
         """Create the producer and its poll thread; call from the event loop."""
         if self._producer is not None:
