@@ -92,8 +92,9 @@ class PartitionFlow:
         return ready
 
     def resume_failed(self, tps: Iterable[TP]) -> None:
-        """The consumer could not resume ``tps``: they are still paused there."""
-        self.paused.update(tps)
+        """The consumer could not resume ``tps``: they are still paused there (those still
+        assigned are held again, so that the resume is retried)."""
+        self.paused.update(tp for tp in tps if tp in self.assigned)
 
     # -- rebalancing ---------------------------------------------------------------------
     def assign(self, tps: Iterable[TP], must_pause: Callable[[TP], bool]) -> list[TP]:

@@ -128,7 +128,7 @@ class KafkaSource:
             **FORCED,
             "bootstrap.servers": bootstrap_servers,
             "group.id": group_id,
-            "error_cb": self._errors,
+            "error_cb": self._on_client_error,
             "on_commit": self._on_commit_thread,
         }
         strategy = str(self.config["partition.assignment.strategy"])
@@ -208,6 +208,7 @@ class KafkaSource:
         self._stopping = False
         await self._call(self._open, sorted(topics))
         self._task = asyncio.create_task(self._fetch_loop(), name="kafka-source")
+        runtime.supervise(self._task, "kafka-source")
         log.info("kafka source started", group=self.group_id, topics=sorted(topics))
 
     def _open(self, topics: list[str]) -> None:
@@ -239,32 +240,56 @@ class KafkaSource:
         return [first, *consumer.consume(limit - 1, 0)] if limit > 1 else [first]
 
     async def _fetch_loop(self) -> None:
-        while not self._stopping:
-            try:
-                limit = await self._wait_for_room()
-                if self.flow.to_pause:
-                    pauses = self.flow.take_pending()
-                    failed = await self._call(self._pause_and_seek, pauses)
-                    self.flow.pause_failed(failed)  # keep the partition out until it works
-                messages = await self._call(self._fetch, limit)
-            except RuntimeError:  # consumer closed under us
-                return
-            except KafkaException as error:
-                self.stats["errors"] += 1
-                log.warning("kafka consume failed", error=str(error))
-                await asyncio.sleep(self.poll_timeout)
-                continue
-            try:
+        """Fetch, hand over, resume, commit, until stopping (supervised as "kafka-source").
+
+        A Kafka error that is not fatal is logged and retried; a fatal one fails
+        "kafka-consumer". Anything else is a bug: it is logged and ends the task, which the
+        supervisor turns into a failed worker (never a live process with a dead consumer).
+        """
+        try:
+            while not self._stopping:
+                try:
+                    limit = await self._wait_for_room()
+                    if self.flow.to_pause:
+                        pauses = self.flow.take_pending()
+                        failed = await self._call(self._pause_and_seek, pauses)
+                        self.flow.pause_failed(failed)  # keep the partition out until it works
+                    messages = await self._call(self._fetch, limit)
+                except KafkaException as error:
+                    self.stats["errors"] += 1
+                    if self._fatal(error.args[0] if error.args else None):
+                        await self._idle_until_stopped()
+                        return
+                    log.warning("kafka consume failed", group=self.group_id, error=str(error))
+                    await asyncio.sleep(self.poll_timeout)
+                    continue
                 if messages:
                     await self._handle(messages)
                 if self.flow.paused:
                     self._try_resume()
                 if self.commits.due():
                     await self._commit(asynchronous=True)
-            except Exception:
-                self.stats["errors"] += 1
-                log.exception("kafka source iteration failed")
-                await asyncio.sleep(self.poll_timeout)
+        except Exception:
+            self.stats["errors"] += 1
+            log.exception("kafka fetch loop failed", group=self.group_id)
+            raise
+
+    async def _idle_until_stopped(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.poll_timeout)
+
+    def _fatal(self, error: Any) -> bool:
+        """A fatal client error (any thread): fail "kafka-consumer", the worker stops."""
+        if not isinstance(error, KafkaError) or not error.fatal():
+            return False
+        if self._runtime is not None:
+            self._runtime.fail("kafka-consumer", f"fatal consumer error: {error}")
+        return True
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        """``error_cb`` (consumer thread): log without flooding; a fatal error fails."""
+        self._errors(error)
+        self._fatal(error)
 
     async def _wait_for_room(self) -> int:
         """Wait until every route being fetched has room for a batch; returns the batch size.
@@ -396,6 +421,7 @@ class KafkaSource:
         if error.code() == KafkaError._PARTITION_EOF:
             return
         self.stats["errors"] += 1
+        self._fatal(error)
         log.warning(
             "kafka consumer error",
             error=str(error),
@@ -497,16 +523,21 @@ class KafkaSource:
         try:
             done = self._executor.submit(self._resume, ready)
         except RuntimeError:  # shut down
+            self.flow.resume_failed(ready)
             return
-        done.add_done_callback(self._resumed)
+        done.add_done_callback(partial(self._resumed, ready))
 
     def _can_resume(self, tp: TP) -> bool:
         route = self._routes.get(tp[0])
         return route is not None and route.drained()
 
-    def _resumed(self, done: concurrent.futures.Future[list[TP]]) -> None:
-        """A resume that failed leaves its partitions paused: hold them, try again later."""
-        failed = done.result() if done.exception() is None else []
+    def _resumed(self, ready: list[TP], done: concurrent.futures.Future[list[TP]]) -> None:
+        """A resume that failed (or raised) leaves its partitions paused: hold them, try
+        again later (the fetch loop retries held partitions every iteration)."""
+        error = done.exception()
+        if error is not None:
+            log.warning("resume failed", partitions=labels(ready), error=repr(error))
+        failed = ready if error is not None else done.result()
         if failed and self._loop is not None:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self.flow.resume_failed, failed)
@@ -678,8 +709,11 @@ class KafkaSource:
         """Stop fetching; events already taken keep flowing through the reactors."""
         self._stopping = True
         if self._task is not None:
-            await self._task
-            self._task = None
+            task, self._task = self._task, None
+            # a fetch loop that died was logged and failed through the supervisor already;
+            # stopping goes on (drain, final commit, leave the group)
+            with contextlib.suppress(Exception):
+                await task
 
     async def close(self) -> None:
         """Send pending dead letters, commit what is done, leave the group."""

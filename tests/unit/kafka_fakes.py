@@ -61,6 +61,7 @@ class FakeConsumer:
         self.lock = threading.Lock()
         self.seek_hook: Callable[[TP, int], None] | None = None
         self.resume_hook: Callable[[list[TP]], None] | None = None
+        self.assignment_hook: Callable[[], None] | None = None
         self.commit_error: KafkaError | None = None
         self.poll_error: KafkaError | None = None
         self.poll_raises: BaseException | None = None
@@ -110,6 +111,8 @@ class FakeConsumer:
         return messages[0] if messages else None
 
     def assignment(self) -> list[TopicPartition]:
+        if self.assignment_hook is not None:
+            self.assignment_hook()
         return [TopicPartition(t, p) for t, p in sorted(self.assigned)]
 
     def _assign(self, partitions: list[TopicPartition]) -> None:

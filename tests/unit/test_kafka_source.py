@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import structlog
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from headrace.accumulators import stream_accumulator
 from headrace.connectors import KafkaSource, MemorySink
@@ -77,3 +78,83 @@ async def test_rebalance_and_commit_logs_are_json_safe_and_close_survives_illega
     assert_json_safe(entries)
     revoked = [e for e in entries if e["event"] == "partitions revoked"]
     assert revoked[0]["partitions"] == ["t[1]"]
+
+
+def component_failure(runtime: Runtime, component: str) -> str | None:
+    failure = runtime.failures.get(component)
+    return None if failure is None else failure.reason
+
+
+@pytest.mark.parametrize(
+    "error",
+    [TypeError("keys must be str, int, float, bool or None, not tuple"), RuntimeError("closed")],
+)
+async def test_a_fetch_loop_that_dies_fails_the_worker_with_its_cause(
+    monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
+    declare()
+    with structlog.testing.capture_logs() as entries:
+        async with running(monkeypatch) as (runtime, source, consumer):
+            await on_thread(source, consumer.rebalance, "on_assign", [T0])
+            consumer.poll_raises = error  # e.g. a log call inside a rebalance callback
+            await wait_until(lambda: "kafka-source" in runtime.failures, 10)
+            assert type(error).__name__ in (component_failure(runtime, "kafka-source") or "")
+            assert runtime.status() == "failed"
+    assert any(e["event"] == "kafka fetch loop failed" for e in entries)
+
+
+async def test_a_fatal_consumer_error_fails_the_consumer(monkeypatch: pytest.MonkeyPatch) -> None:
+    declare()
+    async with running(monkeypatch) as (runtime, source, _):
+        fenced = KafkaError(KafkaError._FENCED, "fenced", fatal=True)
+        await on_thread(source, source.config["error_cb"], fenced)
+        await wait_until(lambda: "kafka-consumer" in runtime.failures, 10)
+        assert "fenced" in (component_failure(runtime, "kafka-consumer") or "")
+
+
+async def test_a_fatal_error_in_a_poll_result_fails_the_consumer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    declare()
+    async with running(monkeypatch) as (runtime, source, consumer):
+        await on_thread(source, consumer.rebalance, "on_assign", [T0])
+        consumer.poll_error = KafkaError(KafkaError._FATAL, "producer fenced", fatal=True)
+        await wait_until(lambda: "kafka-consumer" in runtime.failures, 10)
+
+
+async def test_a_non_fatal_consume_error_is_retried_not_fatal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    declare()
+    sink = MemorySink()
+    async with running(monkeypatch, sink) as (runtime, source, consumer):
+        await on_thread(source, consumer.rebalance, "on_assign", [T0])
+        consumer.poll_error = KafkaError(KafkaError._TRANSPORT, "broker down")
+        consumer.add(T0, [{"i": 1}])
+        await wait_until(lambda: len(sink.results) == 1, 10)
+        assert runtime.failures == {}
+        assert source.stats["errors"] == 1
+
+
+async def test_a_resume_that_raises_keeps_the_partition_paused_and_is_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    declare()
+    sink = MemorySink()
+    async with running(monkeypatch, sink) as (runtime, source, consumer):
+        await on_thread(source, consumer.rebalance, "on_assign", [T0])
+        failures = {"left": 2}
+
+        def assignment_fails_in_resume() -> None:
+            # consumer.assignment() is called outside the resume's try block
+            if sys._getframe(2).f_code.co_name == "_resume" and failures["left"] > 0:
+                failures["left"] -= 1
+                raise KafkaException(KafkaError(KafkaError._STATE, "not now"))
+
+        consumer.assignment_hook = assignment_fails_in_resume
+        source._pause(T0, None)
+        await wait_until(lambda: failures["left"] == 0, 10)
+        consumer.add(T0, [{"i": i} for i in range(3)])
+        await wait_until(lambda: len(sink.results) == 3, 10)
+        assert T0 not in consumer.paused
+        assert runtime.failures == {}
