@@ -34,16 +34,19 @@ class PartitionFlow:
 
     ``paused`` holds every partition the source holds back (applied or not);
     ``to_pause`` those to pause on the consumer before the next fetch, with the offset to
-    seek back to (``None``: pause only). ``stats`` is the source's counter dict
-    (``pauses``, ``resumes``).
+    seek back to (``None``: pause only); ``applying`` those whose pause/seek the consumer
+    thread is applying right now: they are never resumed until it is done, or a seek that
+    fails would be lost and the partition would resume past messages it never took.
+    ``stats`` is the source's counter dict (``pauses``, ``resumes``).
     """
 
-    __slots__ = ("assigned", "paused", "stats", "to_pause")
+    __slots__ = ("applying", "assigned", "paused", "stats", "to_pause")
 
     def __init__(self, stats: dict[str, Any] | None = None) -> None:
         self.assigned: set[TP] = set()
         self.paused: set[TP] = set()
         self.to_pause: dict[TP, int | None] = {}
+        self.applying: set[TP] = set()
         self.stats: dict[str, Any] = stats if stats is not None else {"pauses": 0, "resumes": 0}
 
     # -- queries -------------------------------------------------------------------------
@@ -71,12 +74,16 @@ class PartitionFlow:
             self.to_pause[tp] = offset
 
     def take_pending(self) -> dict[TP, int | None]:
-        """The pauses (and seeks) to apply on the consumer now."""
+        """The pauses (and seeks) to apply on the consumer now; until ``applied`` is
+        called with them, those partitions are not resumed."""
         pauses, self.to_pause = self.to_pause, {}
+        self.applying.update(pauses)
         return pauses
 
-    def pause_failed(self, failed: dict[TP, int | None]) -> None:
-        """Pauses/seeks the consumer refused: apply them again before the next fetch."""
+    def applied(self, pauses: dict[TP, int | None], failed: dict[TP, int | None]) -> None:
+        """The consumer thread applied ``pauses``, except ``failed`` (applied again before
+        the next fetch, so the partition stays out until its seek works)."""
+        self.applying.difference_update(pauses)
         for tp, offset in failed.items():
             if tp in self.paused:
                 self.to_pause.setdefault(tp, offset)
@@ -85,7 +92,8 @@ class PartitionFlow:
     def take_ready(self, can_resume: Callable[[TP], bool]) -> list[TP]:
         """Paused partitions to resume now (``can_resume`` says whether there is room);
         they count as resumed from here on."""
-        ready = [tp for tp in self.paused if tp not in self.to_pause and can_resume(tp)]
+        busy = self.to_pause.keys() | self.applying
+        ready = [tp for tp in self.paused if tp not in busy and can_resume(tp)]
         if ready:
             self.paused.difference_update(ready)
             self.stats["resumes"] += len(ready)

@@ -252,8 +252,12 @@ class KafkaSource:
                     limit = await self._wait_for_room()
                     if self.flow.to_pause:
                         pauses = self.flow.take_pending()
-                        failed = await self._call(self._pause_and_seek, pauses)
-                        self.flow.pause_failed(failed)  # keep the partition out until it works
+                        try:
+                            failed = await self._call(self._pause_and_seek, pauses)
+                        except BaseException:
+                            self.flow.applied(pauses, pauses)
+                            raise
+                        self.flow.applied(pauses, failed)  # failed: out until it works
                     messages = await self._call(self._fetch, limit)
                 except KafkaException as error:
                     self.stats["errors"] += 1

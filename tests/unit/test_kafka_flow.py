@@ -42,7 +42,7 @@ def test_failed_pause_is_applied_again_only_while_still_held() -> None:
     flow.pause(A1, 6)
     pending = flow.take_pending()
     flow.revoke([A1])
-    flow.pause_failed(pending)
+    flow.applied(pending, pending)
     assert flow.to_pause == {A0: 5}
 
 
@@ -52,7 +52,7 @@ def test_ready_partitions_resume_and_a_failed_resume_holds_them_again() -> None:
     flow.pause(A0, None)
     flow.pause(A1, None)
     assert flow.take_ready(always) == []  # pauses not applied yet
-    flow.take_pending()
+    flow.applied(flow.take_pending(), {})
     assert sorted(flow.take_ready(lambda tp: tp == A0)) == [A0]
     assert flow.paused == {A1}
     assert flow.stats["resumes"] == 1
@@ -78,3 +78,18 @@ def test_revoke_forgets_everything_about_the_partition() -> None:
     assert flow.assigned == {A1}
     assert flow.paused == set()
     assert flow.to_pause == {}
+
+
+def test_a_partition_whose_pause_or_seek_is_being_applied_is_not_resumed() -> None:
+    """Issue 7 item 8: a seek that fails during a concurrent resume must not be lost."""
+    flow = PartitionFlow()
+    flow.assign([A0, A1], never)
+    flow.pause(A0, 40)  # rewind A0 to offset 40
+    flow.pause(A1, None)
+    pending = flow.take_pending()  # the consumer thread is applying them now
+    assert flow.take_ready(always) == []
+    flow.applied(pending, failed={A0: 40})  # A0's seek failed, A1's pause worked
+    assert flow.take_ready(always) == [A1]
+    assert flow.to_pause == {A0: 40} and A0 in flow.paused
+    flow.applied(flow.take_pending(), {})
+    assert flow.take_ready(always) == [A0]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -158,3 +160,47 @@ async def test_a_resume_that_raises_keeps_the_partition_paused_and_is_retried(
         await wait_until(lambda: len(sink.results) == 3, 10)
         assert T0 not in consumer.paused
         assert runtime.failures == {}
+
+
+async def test_a_seek_that_fails_during_a_concurrent_resume_is_retried_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 7 item 8: the partition must not resume past messages it never took."""
+    gate = Gate()
+    declare(channel_size=2, gate=gate)
+    sink = MemorySink()
+    seeking, release = threading.Event(), threading.Event()
+    seeks: list[int] = []
+
+    def first_seek_blocks_then_fails(tp: tuple[str, int], offset: int) -> None:
+        seeks.append(offset)
+        if len(seeks) == 1:
+            seeking.set()
+            release.wait(10)
+            raise KafkaException(KafkaError(KafkaError._STATE, "seek refused"))
+
+    async with running(monkeypatch, sink) as (_, source, consumer):
+        try:
+            consumer.seek_hook = first_seek_blocks_then_fails
+            await on_thread(source, consumer.rebalance, "on_assign", [T0])
+            consumer.add(T0, [{"i": i} for i in range(10)])
+            # the reactor holds one value at the gate, the channel two: the source pauses
+            await wait_until(lambda: T0 in consumer.paused, 10)
+            taken = source.tracker.partition(T0).last_begun + 1
+            assert 0 < taken < 10
+            # librdkafka fetched ahead before the pause: rewind to the first offset not taken
+            consumer.positions[T0] = 10
+            source._pause(T0, taken)
+            await wait_until(seeking.is_set, 10)
+            gate.release(1)  # the reactor takes one more value: room enough to resume
+            await asyncio.sleep(0.05)
+            source._try_resume()  # a resume racing the seek on the consumer thread
+            await asyncio.sleep(0.05)
+            release.set()  # ... and the seek fails
+            gate.release(100)
+            await wait_until(lambda: len(sink.results) == 10, 10)
+        finally:
+            release.set()
+            gate.release(1000)
+    assert sorted(out["run"]["i"] for _, out in sink.results) == list(range(10))
+    assert seeks[:2] == [taken, taken]
