@@ -29,6 +29,16 @@ def labelled(offsets: dict[TP, int]) -> dict[str, int]:
     return {label(tp): offset for tp, offset in sorted(offsets.items())}
 
 
+def released_on_assign(tps: Iterable[TP], keep_paused: Iterable[TP]) -> list[TP]:
+    """Newly assigned partitions to resume explicitly: all but those kept paused.
+
+    librdkafka keeps a partition's pause flag across unassign (librdkafka #1849), so a
+    partition paused, revoked and assigned back would otherwise never be fetched again.
+    """
+    keep = set(keep_paused)
+    return [tp for tp in tps if tp not in keep]
+
+
 class PartitionFlow:
     """Assigned and paused partitions, and the pauses/seeks still to apply.
 

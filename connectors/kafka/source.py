@@ -30,7 +30,13 @@ from headrace.accumulators import (
 from headrace.accumulators.channel import SharedAck
 from headrace.connectors.dead_letters import DeadLetter
 from headrace.connectors.kafka.commits import Commits
-from headrace.connectors.kafka.flow import PartitionFlow, label, labelled, labels
+from headrace.connectors.kafka.flow import (
+    PartitionFlow,
+    label,
+    labelled,
+    labels,
+    released_on_assign,
+)
 from headrace.connectors.kafka.offsets import OffsetTracker, PartitionOffsets
 from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER, ErrorLog
 
@@ -596,12 +602,25 @@ class KafkaSource:
         to_pause = self._on_loop(self._assigned_on_loop, tps) or []
         if to_pause:
             consumer.pause([TopicPartition(t, p) for t, p in to_pause])
+        # librdkafka keeps a partition's pause flag across unassign (#1849): a partition
+        # paused before it was revoked would come back paused for good. Resume explicitly
+        # every new partition not meant to stay paused.
+        released = released_on_assign(tps, to_pause)
+        if released:
+            self._resume_now(consumer, released, "assign")
         log.info(
             "partitions assigned",
             group=self.group_id,
             partitions=labels(tps),
             paused=labels(to_pause),
         )
+
+    def _resume_now(self, consumer: Consumer, tps: list[TP], when: str) -> None:
+        """Consumer thread, in a rebalance callback: clear librdkafka's pause flag."""
+        try:
+            consumer.resume([TopicPartition(t, p) for t, p in tps])
+        except KafkaException as error:
+            log.warning("resume failed", when=when, partitions=labels(tps), error=str(error))
 
     def _assigned_on_loop(self, tps: list[TP]) -> list[TP]:
         """Track new partitions; returns those to pause (ours already, or channel full)."""
@@ -624,6 +643,7 @@ class KafkaSource:
         if offsets:
             self._commit_sync(consumer, offsets)
         self._on_loop(self._drop_on_loop, tps)
+        self._resume_now(consumer, tps, "revoke")  # never hand a paused partition back
         if self._cooperative:
             consumer.incremental_unassign(partitions)
         else:
@@ -656,6 +676,7 @@ class KafkaSource:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
         self._on_loop(self._lost_on_loop, tps)
+        self._resume_now(consumer, tps, "lost")
         if self._cooperative:
             consumer.incremental_unassign(partitions)
         else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from headrace.connectors.kafka.flow import PartitionFlow
+from headrace.connectors.kafka.flow import PartitionFlow, released_on_assign
 
 A0, A1, B0 = ("a", 0), ("a", 1), ("b", 0)
 
@@ -93,3 +93,19 @@ def test_a_partition_whose_pause_or_seek_is_being_applied_is_not_resumed() -> No
     assert flow.to_pause == {A0: 40} and A0 in flow.paused
     flow.applied(flow.take_pending(), {})
     assert flow.take_ready(always) == [A0]
+
+
+def test_a_paused_partition_revoked_and_assigned_back_is_released() -> None:
+    """Issue 7 item 1: the source forgets a revoked partition's pause, librdkafka does not."""
+    flow = PartitionFlow()
+    flow.assign([A0, A1], never)
+    flow.pause(A0, None)
+    flow.applied(flow.take_pending(), {})
+    flow.revoke([A0])
+    keep = flow.assign([A0], never)  # back, with room: not to be kept paused
+    assert keep == []
+    assert released_on_assign([A0], keep) == [A0]
+    flow.pause(A1, None)
+    keep = flow.assign([B0], always)  # full: B0 stays paused, A1 is still held
+    assert set(keep) == {A1, B0}
+    assert released_on_assign([B0], keep) == []

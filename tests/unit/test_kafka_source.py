@@ -204,3 +204,23 @@ async def test_a_seek_that_fails_during_a_concurrent_resume_is_retried_not_lost(
             gate.release(1000)
     assert sorted(out["run"]["i"] for _, out in sink.results) == list(range(10))
     assert seeks[:2] == [taken, taken]
+
+
+async def test_a_paused_partition_revoked_and_assigned_back_consumes_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 7 item 1, against a fake that keeps the pause flag across unassign like
+    librdkafka (#1849); the real-broker test is in tests/integration/test_kafka_group.py."""
+    declare()
+    sink = MemorySink()
+    async with running(monkeypatch, sink) as (_, source, consumer):
+        await on_thread(source, consumer.rebalance, "on_assign", [T0, T1])
+        source._pause(T0, None)
+        await wait_until(lambda: T0 in consumer.paused, 10)
+        await on_thread(source, consumer.rebalance, "on_revoke", [T0])
+        assert T0 not in consumer.paused, "resume before unassigning"
+        consumer.paused.add(T0)  # as if the flag had survived anyway
+        await on_thread(source, consumer.rebalance, "on_assign", [T0])
+        consumer.add(T0, [{"i": i} for i in range(3)])
+        await wait_until(lambda: len(sink.results) == 3, 10)
+        assert ("resume", [T0]) in consumer.calls
