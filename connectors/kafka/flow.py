@@ -133,3 +133,34 @@ class PartitionFlow:
             self.assigned.discard(tp)
             self.paused.discard(tp)
             self.to_pause.pop(tp, None)
+
+
+class Budget:
+    """Work in flight (a count and its bytes) against caps, with hysteresis: ``full``
+    from the moment either cap is reached until both are back to half."""
+
+    __slots__ = ("bytes", "count", "full", "max_bytes", "max_count")
+
+    def __init__(self, max_count: int, max_bytes: int) -> None:
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self.count = 0
+        self.bytes = 0
+        self.full = False
+
+    def add(self, size: int) -> bool:
+        """Take one item of ``size`` bytes; returns whether the budget is now full."""
+        self.count += 1
+        self.bytes += size
+        if self.count >= self.max_count or self.bytes >= self.max_bytes:
+            self.full = True
+        return self.full
+
+    def remove(self, size: int) -> bool:
+        """Release one item; returns whether this reopened a full budget."""
+        self.count -= 1
+        self.bytes -= size
+        if self.full and self.count * 2 <= self.max_count and self.bytes * 2 <= self.max_bytes:
+            self.full = False
+            return True
+        return False
