@@ -73,15 +73,22 @@ class PartitionFlow:
         """Hold ``tp`` back; before the next fetch it is paused and, with an offset,
         rewound to it (the first event not delivered)."""
         self.paused.add(tp)
-        self.to_pause[tp] = offset
+        self._owe(tp, offset)
         self.stats["pauses"] += 1
+
+    def _owe(self, tp: TP, offset: int | None) -> None:
+        """Queue a pause of ``tp``; of two seeks back, the earlier offset wins (a later
+        pause never drops a seek still to apply)."""
+        if tp not in self.to_pause:
+            self.to_pause[tp] = offset
+        elif offset is not None:
+            pending = self.to_pause[tp]
+            self.to_pause[tp] = offset if pending is None else min(pending, offset)
 
     def rewind(self, tp: TP, offset: int) -> None:
         """A message of paused ``tp`` arrived anyway (fetched before the pause took effect):
         make sure the partition is sought back to ``offset`` at the latest."""
-        pending = self.to_pause.get(tp)
-        if pending is None or offset < pending:
-            self.to_pause[tp] = offset
+        self._owe(tp, offset)
 
     def take_pending(self) -> dict[TP, int | None]:
         """The pauses (and seeks) to apply on the consumer now; until ``applied`` is
@@ -96,7 +103,7 @@ class PartitionFlow:
         self.applying.difference_update(pauses)
         for tp, offset in failed.items():
             if tp in self.paused:
-                self.to_pause.setdefault(tp, offset)
+                self._owe(tp, offset)
 
     # -- resuming ------------------------------------------------------------------------
     def take_ready(self, can_resume: Callable[[TP], bool]) -> list[TP]:
