@@ -153,6 +153,7 @@ class Runtime:
                     self.sinks + self.graph_sinks.get(g.name, []),
                     self.dead_letters,
                     self.observers,
+                    fail=self.fail,
                 )
                 for g in graphs
                 if g.reactor_name == reactor.name
@@ -210,6 +211,12 @@ class Runtime:
     def stopping(self) -> bool:
         return self.supervisor.stopping
 
+    def _report_fatal_errors(self, part: Any, component: str) -> None:
+        """A part with an ``on_fatal`` hook (Kafka sinks, dead letters) fails its component
+        on a fatal client error, unless its owner set the hook already."""
+        if hasattr(part, "on_fatal") and part.on_fatal is None:
+            part.on_fatal = lambda error: self.fail(component, f"fatal client error: {error}")
+
     def _supervise_parts(self) -> None:
         for name, runner in self.accumulators.items():
             task = _task_of(runner)
@@ -235,7 +242,9 @@ class Runtime:
         self._stopped = False
         self._wire()
         for sink in {id(s): s for s in self._all_sinks()}.values():
+            self._report_fatal_errors(sink, f"sink:{_name_of(sink)}")
             await sink.start()
+        self._report_fatal_errors(self.dead_letters, f"dead-letters:{_name_of(self.dead_letters)}")
         for runner in self.accumulators.values():
             await runner.start()
         for loop in self.reactors.values():
