@@ -69,6 +69,7 @@ class Runtime:
         sources: Sequence[Source] = (),
         observers: Sequence[Any] = (),
         channel_size: int | None = None,
+        redelivery_timeout: float = 30.0,
     ) -> None:
         self._graph_refs = graphs
         self._reactor_refs = reactors
@@ -79,6 +80,7 @@ class Runtime:
         self.sources = list(sources)
         self.observers = Observers(list(observers))
         self.channel_size = channel_size
+        self.redelivery_timeout = redelivery_timeout
         self.graphs: dict[str, GraphRunner] = {}
         self.reactors: dict[str, ReactorLoop] = {}
         self.accumulators: dict[str, AccumulatorRunner] = {}
@@ -266,7 +268,8 @@ class Runtime:
 
     async def stop(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop fetching, flush batches, finish (and with ``drain``, empty) reactors, wait
-        for redeliveries (up to ``timeout`` seconds), flush sinks, commit.
+        for redeliveries (up to ``timeout`` seconds, default ``redelivery_timeout``), flush
+        sinks, commit.
 
         Every step runs even when an earlier one failed (a dead part must not keep the
         others from draining, nor the sources from committing and leaving their group);
@@ -284,7 +287,8 @@ class Runtime:
                 await self._step(problems, f"stopping accumulator {name!r}", runner.stop())
             for name, loop in self.reactors.items():
                 await self._step(problems, f"stopping reactor {name!r}", loop.stop(drain=drain))
-            await self._step(problems, "waiting for redeliveries", self._settle(timeout))
+            wait = self.redelivery_timeout if timeout is None else timeout
+            await self._step(problems, "waiting for redeliveries", self._settle(wait))
             for sink in {id(s): s for s in self._all_sinks()}.values():
                 await self._step(problems, f"closing sink {_name_of(sink)}", sink.close())
         finally:
@@ -311,7 +315,7 @@ class Runtime:
             problems.append(f"{what}: {describe(error)}")
             log.error("shutdown step failed", step=what, error=describe(error), exc_info=error)
 
-    async def _settle(self, timeout: float | None) -> None:
+    async def _settle(self, timeout: float) -> None:
         """Wait for every graph's pending redeliveries (results retried after a failed
         delivery, or dead-lettered) so their inputs are settled before the final commit."""
         pending = [task for runner in self.graphs.values() for task in runner.pending()]
