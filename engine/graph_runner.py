@@ -168,7 +168,17 @@ class GraphRunner:
             self._redeliver(fire, sink, outputs, release, error)
         )
         self._redeliveries.add(task)
-        task.add_done_callback(self._redeliveries.discard)
+        task.add_done_callback(self._redelivery_done)
+
+    def _redelivery_done(self, task: asyncio.Task[None]) -> None:
+        """A redelivery that raised left its inputs unsettled for good: fail the graph."""
+        self._redeliveries.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        log.error("redelivery failed", graph=self.name, error=repr(error), exc_info=error)
+        if self.fail is not None and error is not None:
+            self.fail(f"graph:{self.name}", error)
 
     async def _redeliver(
         self,
