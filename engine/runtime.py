@@ -69,6 +69,7 @@ class Runtime:
         sources: Sequence[Source] = (),
         observers: Sequence[Any] = (),
         channel_size: int | None = None,
+        redelivery_timeout: float = 30.0,
     ) -> None:
         self._graph_refs = graphs
         self._reactor_refs = reactors
@@ -79,6 +80,7 @@ class Runtime:
         self.sources = list(sources)
         self.observers = Observers(list(observers))
         self.channel_size = channel_size
+        self.redelivery_timeout = redelivery_timeout
         self.graphs: dict[str, GraphRunner] = {}
         self.reactors: dict[str, ReactorLoop] = {}
         self.accumulators: dict[str, AccumulatorRunner] = {}
@@ -153,6 +155,7 @@ class Runtime:
                     self.sinks + self.graph_sinks.get(g.name, []),
                     self.dead_letters,
                     self.observers,
+                    fail=self.fail,
                 )
                 for g in graphs
                 if g.reactor_name == reactor.name
@@ -210,6 +213,12 @@ class Runtime:
     def stopping(self) -> bool:
         return self.supervisor.stopping
 
+    def _report_fatal_errors(self, part: Any, component: str) -> None:
+        """A part with an ``on_fatal`` hook (Kafka sinks, dead letters) fails its component
+        on a fatal client error, unless its owner set the hook already."""
+        if hasattr(part, "on_fatal") and part.on_fatal is None:
+            part.on_fatal = lambda error: self.fail(component, f"fatal client error: {error}")
+
     def _supervise_parts(self) -> None:
         for name, runner in self.accumulators.items():
             task = _task_of(runner)
@@ -235,7 +244,9 @@ class Runtime:
         self._stopped = False
         self._wire()
         for sink in {id(s): s for s in self._all_sinks()}.values():
+            self._report_fatal_errors(sink, f"sink:{_name_of(sink)}")
             await sink.start()
+        self._report_fatal_errors(self.dead_letters, f"dead-letters:{_name_of(self.dead_letters)}")
         for runner in self.accumulators.values():
             await runner.start()
         for loop in self.reactors.values():
@@ -257,7 +268,8 @@ class Runtime:
 
     async def stop(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop fetching, flush batches, finish (and with ``drain``, empty) reactors, wait
-        for redeliveries (up to ``timeout`` seconds), flush sinks, commit.
+        for redeliveries (up to ``timeout`` seconds, default ``redelivery_timeout``), flush
+        sinks, commit.
 
         Every step runs even when an earlier one failed (a dead part must not keep the
         others from draining, nor the sources from committing and leaving their group);
@@ -275,9 +287,12 @@ class Runtime:
                 await self._step(problems, f"stopping accumulator {name!r}", runner.stop())
             for name, loop in self.reactors.items():
                 await self._step(problems, f"stopping reactor {name!r}", loop.stop(drain=drain))
-            await self._step(problems, "waiting for redeliveries", self._settle(timeout))
-            for sink in {id(s): s for s in self._all_sinks()}.values():
-                await self._step(problems, f"closing sink {_name_of(sink)}", sink.close())
+            wait = self.redelivery_timeout if timeout is None else timeout
+            await self._step(problems, "waiting for redeliveries", self._settle(wait))
+            sinks = {id(s): s for s in self._all_sinks()}.values()
+            await asyncio.gather(  # at once: each sink's close bound adds nothing to another's
+                *(self._step(problems, f"closing sink {_name_of(s)}", s.close()) for s in sinks)
+            )
         finally:
             for source in self.sources:
                 await self._step(problems, f"closing source {_name_of(source)}", source.close())
@@ -302,7 +317,7 @@ class Runtime:
             problems.append(f"{what}: {describe(error)}")
             log.error("shutdown step failed", step=what, error=describe(error), exc_info=error)
 
-    async def _settle(self, timeout: float | None) -> None:
+    async def _settle(self, timeout: float) -> None:
         """Wait for every graph's pending redeliveries (results retried after a failed
         delivery, or dead-lettered) so their inputs are settled before the final commit."""
         pending = [task for runner in self.graphs.values() for task in runner.pending()]

@@ -39,7 +39,7 @@ def describe(reason: BaseException | str) -> str:
     if isinstance(reason, BaseException):
         text = str(reason)
         return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
-    return reason
+    return reason if isinstance(reason, str) else str(reason)
 
 
 class Supervisor:
@@ -50,6 +50,8 @@ class Supervisor:
         self.stopping = False
         self._listeners: list[FailureListener] = []
         self._watched: set[int] = set()
+        self._reported: set[str] = set()
+        self.repeats = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
 
@@ -101,6 +103,10 @@ class Supervisor:
     def fail(self, component: str, reason: BaseException | str) -> None:
         """Mark ``component`` failed with ``reason`` (an exception is logged with its trace)."""
         exc_info = reason if isinstance(reason, BaseException) else None
+        if component in self.failures or component in self._reported:
+            self.repeats += 1  # one line per component; later reports are only counted
+            return
+        self._reported.add(component)
         with contextlib.suppress(Exception):  # never raise into the caller (a librdkafka cb)
             log.error(
                 "component failed", component=component, reason=describe(reason), exc_info=exc_info

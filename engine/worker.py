@@ -74,10 +74,15 @@ class Worker:
             from headrace.connectors.kafka.sink import KafkaSink
 
             producer = {**worker.producer_config(), **reveal(cfg.producer)}
-            options: dict[str, Any] = {"producer_config": producer or None}
+            options: dict[str, Any] = {
+                "producer_config": producer or None,
+                "close_timeout": self.close_timeout,
+            }
             if cfg.key is not None:
                 options["key"] = cfg.key
-            return KafkaSink(self._kafka_settings()["bootstrap_servers"], cfg.topic, **options)
+            sink = KafkaSink(self._kafka_settings()["bootstrap_servers"], cfg.topic, **options)
+            sink.on_fatal = self._fatal_reporter(f"sink:{name}")
+            return sink
         if cfg.type == "log":
             return LogSink()
         if cfg.type == "callback":
@@ -104,14 +109,29 @@ class Worker:
                 topic_suffix=worker.dead_letters.topic_suffix,
                 execution_topic=worker.dead_letters.execution_topic,
                 producer_config=worker.producer_config() or None,
+                close_timeout=self.close_timeout,
             )
+            self.kafka_dead_letters.on_fatal = self._fatal_reporter("dead-letters:kafka")
             destinations.append(self.kafka_dead_letters)
         if worker.dead_letters.state_store and self.store is not None:
             destinations.append(self.store)
         if not destinations:
             return MemoryDeadLetters()  # logs each letter itself
-        inner = destinations[0] if len(destinations) == 1 else FanOutDeadLetters(*destinations)
-        return LoggedDeadLetters(inner)
+        # Each letter goes to every destination; one that fails falls back to the others.
+        return LoggedDeadLetters(FanOutDeadLetters(*destinations))
+
+    @property
+    def close_timeout(self) -> float:
+        """How long a producer's close waits for deliveries: a fifth of ``drain_timeout``,
+        so the final commit after it always fits in the drain."""
+        return max(0.5, self.config.worker.drain_timeout / 5)
+
+    def _fatal_reporter(self, component: str) -> Callable[[Any], None]:
+        def report(error: Any) -> None:
+            if self.runtime is not None:
+                self.runtime.fail(component, f"fatal Kafka error: {error}")
+
+        return report
 
     def build_sources(self) -> list[Source]:
         worker = self.config.worker
@@ -302,8 +322,9 @@ class Worker:
         """Drain the runtime (bounded by ``drain_timeout``), then stop HTTP and the store."""
         timeout = self.config.worker.drain_timeout
         if self.runtime is not None:
+            self.runtime.supervisor.stopping = True  # parts ending from here on are stopping
             try:
-                await asyncio.wait_for(self.runtime.stop(drain=True, timeout=timeout / 2), timeout)
+                await asyncio.wait_for(self.runtime.stop(drain=True, timeout=timeout / 3), timeout)
             except TimeoutError:
                 log.error("drain did not finish in time", drain_timeout=timeout)
                 self.exit_code = EXIT_FAILURE
