@@ -18,6 +18,8 @@ from typing import Any, TextIO
 import structlog
 from pydantic import SecretStr
 
+from headrace.engine.ops.log_scrub import scrub_secrets
+
 LEVELS = ("debug", "info", "warning", "error", "critical")
 FORMATS = ("auto", "json", "console")
 
@@ -82,7 +84,7 @@ def configure_logging(
         colors = hasattr(out, "isatty") and out.isatty() and not os.environ.get("NO_COLOR")
         renderer = structlog.dev.ConsoleRenderer(colors=colors)
     structlog.configure(
-        processors=[*shared, renderer],
+        processors=[*shared, scrub_secrets, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
@@ -93,6 +95,7 @@ def configure_logging(
         structlog.stdlib.ProcessorFormatter(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                scrub_secrets,
                 renderer,
             ],
             foreign_pre_chain=[
