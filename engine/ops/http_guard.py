@@ -133,15 +133,18 @@ async def read_capped_body(request: Request, max_bytes: int) -> bytes:
         except ValueError:
             raise HTTPException(400, f"invalid Content-Length {declared!r}") from None
         if size > max_bytes:
-            raise HTTPException(413, _too_big(f"{size} bytes", max_bytes))
+            raise HTTPException(413, _too_big(f"{size} bytes", max_bytes), headers=_CLOSE)
     chunks: list[bytes] = []
     received = 0
     async for chunk in request.stream():
         received += len(chunk)
         if received > max_bytes:
-            raise HTTPException(413, _too_big(f"over {max_bytes} bytes", max_bytes))
+            raise HTTPException(413, _too_big(f"over {max_bytes} bytes", max_bytes), headers=_CLOSE)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+_CLOSE = {"Connection": "close"}  # do not read (and discard) the rest of the body
 
 
 def _too_big(size: str, max_bytes: int) -> str:
