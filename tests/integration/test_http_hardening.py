@@ -15,7 +15,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -189,9 +188,11 @@ def test_no_log_line_holds_the_token_after_http_and_websocket_use(api: Api) -> N
         (f"{api.ws}/nope?token={TOKEN}", AUTH),
     ]
     for url, headers in refused:
-        with pytest.raises(websockets.InvalidStatus) as denied:
-            with connect(url, additional_headers=headers):
-                pass
+        with (
+            pytest.raises(websockets.InvalidStatus) as denied,
+            connect(url, additional_headers=headers),
+        ):
+            pass
         assert denied.value.response.status_code in (401, 404), url
     httpx.get(f"{api.base}/v1/health/graphs?token={TOKEN}", timeout=10)  # 401, not logged raw
     handshakes = [line for line in api.worker.raw if "WebSocket /v1/ws" in line]
@@ -203,9 +204,11 @@ def test_websockets_per_accumulator_are_capped(api: Api) -> None:
     with contextlib.ExitStack() as stack:
         for _ in range(4):
             stack.enter_context(connect(f"{api.ws}/ticks", additional_headers=AUTH))
-        with pytest.raises(websockets.InvalidStatus) as full:
-            with connect(f"{api.ws}/ticks", additional_headers=AUTH):
-                pass
+        with (
+            pytest.raises(websockets.InvalidStatus) as full,
+            connect(f"{api.ws}/ticks", additional_headers=AUTH),
+        ):
+            pass
         assert full.value.response.status_code == 503
         assert b"max_websockets_per_accumulator" in full.value.response.body
     deadline = time.monotonic() + 10
@@ -229,9 +232,11 @@ def test_foreign_host_origin_and_content_type_are_refused(api: Api) -> None:
         "/v1/accumulators/ticks", content=b'{"n": 9}', headers={"Content-Type": "text/plain"}
     )
     assert plain.status_code == 415
-    with pytest.raises(websockets.InvalidStatus) as socket_page:
-        with connect(f"{api.ws}/ticks", additional_headers=AUTH, origin="https://evil.example"):
-            pass
+    with (
+        pytest.raises(websockets.InvalidStatus) as socket_page,
+        connect(f"{api.ws}/ticks", additional_headers=AUTH, origin="https://evil.example"),
+    ):
+        pass
     assert socket_page.value.response.status_code == 403
     assert api.get("/v1/health/graphs", headers={**AUTH, "Host": "localhost"}).status_code == 200
 
