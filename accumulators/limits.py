@@ -83,13 +83,16 @@ def _children(item: Any) -> Any:
     return None
 
 
+def too_deep(max_depth: int, setting: str = "worker.limits.max_depth") -> str:
+    return f"value is nested more than {max_depth} levels deep (limit {setting})"
+
+
 def depth_problem(
     value: Any, max_depth: int, setting: str = "worker.limits.max_depth"
 ) -> str | None:
     """Why ``value`` is too deep, naming the setting; ``None`` when it fits."""
-    depth = nesting_depth(value, max_depth)
-    if depth > max_depth:
-        return f"value is nested more than {max_depth} levels deep (limit {setting})"
+    if nesting_depth(value, max_depth) > max_depth:
+        return too_deep(max_depth, setting)
     return None
 
 
@@ -109,4 +112,5 @@ __all__ = [
     "depth_problem",
     "nesting_depth",
     "size_problem",
+    "too_deep",
 ]

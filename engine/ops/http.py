@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
+import pydantic_core
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
@@ -29,7 +30,7 @@ from starlette.requests import ClientDisconnect
 from starlette.websockets import WebSocketDisconnect
 
 from headrace.accumulators import AccumulatorInputError, AccumulatorKind
-from headrace.accumulators.limits import DEFAULT_LIMITS, ValueLimits
+from headrace.accumulators.limits import DEFAULT_LIMITS, ValueLimits, too_deep
 from headrace.engine.ops.http_guard import BrowserGuard, HostPolicy, read_capped_body, require_json
 from headrace.engine.ops.http_server import (
     AcceptErrorThrottle,
@@ -239,8 +240,11 @@ def create_app(
         """Liveness: the process answers. Needs no token."""
         return Live(status="ok")
 
-    reads = APIRouter(dependencies=read_deps, responses=read_errors)
-    writes = APIRouter(dependencies=write_deps, responses=write_errors)
+    known = Depends(_known_query_only)
+    reads = APIRouter(dependencies=[*read_deps, known], responses={**read_errors, **_problems(400)})
+    writes = APIRouter(
+        dependencies=[*write_deps, known], responses={**write_errors, **_problems(400)}
+    )
 
     @reads.get("/v1/health/graphs", tags=["health"])
     async def graphs_health() -> dict[str, GraphHealth]:
@@ -328,10 +332,9 @@ def create_app(
             raise HTTPException(*problem)
         require_json(request)
         body = await read_capped_body(request, limits.max_bytes)
-        try:
-            event = orjson.loads(body)
-        except orjson.JSONDecodeError as error:
-            raise HTTPException(400, f"invalid JSON: {error}") from None
+        event, problem = parse_event(body, limits)
+        if problem is not None:
+            raise HTTPException(*problem)
         status, detail = await _push(runtime, name, event, push_timeout)
         if status != 202:
             raise HTTPException(status, detail)
@@ -369,7 +372,7 @@ def create_app(
                 frame = message.get("text")
                 if frame is None:
                     frame = message.get("bytes") or b""
-                reply = await _push_frame(runtime, name, frame, push_timeout)
+                reply = await _push_frame(runtime, name, frame, push_timeout, limits)
                 await websocket.send_text(orjson.dumps(reply).decode())
         except (WebSocketDisconnect, OSError):
             return  # the client went away: expected, not an error
@@ -430,6 +433,32 @@ def create_app(
         BrowserGuard, hosts=HostPolicy(host, allowed_hosts), allowed_origins=allowed_origins
     )
     return app
+
+
+def _known_query_only(request: Request) -> None:
+    """400 for a query parameter the endpoint does not take (``?limt=5`` is not ignored) or
+    one given twice (which value would count?)."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None or not request.query_params:
+        return
+    taken = _query_names(dependant)
+    for key in taken:  # every query parameter here takes one value
+        if len(request.query_params.getlist(key)) > 1:
+            raise HTTPException(400, f"query parameter {key!r} given more than once")
+    unknown = sorted(set(request.query_params) - taken)
+    if unknown:
+        takes = ", ".join(sorted(taken)) or "none"
+        raise HTTPException(
+            400, f"unknown query parameter {unknown[0]!r} (this endpoint takes: {takes})"
+        )
+
+
+def _query_names(dependant: Any) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
 
 
 def _pushable(runtime: Runtime) -> list[str]:
@@ -510,13 +539,24 @@ async def _push(runtime: Runtime, name: str, event: Any, timeout: float) -> tupl
     return 202, "accepted"
 
 
-async def _push_frame(
-    runtime: Runtime, name: str, frame: str | bytes, timeout: float
-) -> dict[str, Any]:
+def parse_event(data: str | bytes, limits: ValueLimits) -> tuple[Any, tuple[int, str] | None]:
+    """``(event, None)``, or ``(None, (status, reason))`` for invalid JSON (400) or JSON too
+    deep to parse (422). Integers keep every digit (orjson would turn those beyond 64 bits
+    into floats); NaN and Infinity are not JSON."""
     try:
-        event = orjson.loads(frame)
-    except orjson.JSONDecodeError as error:
-        return {"ok": False, "error": f"invalid JSON: {error}"}
+        return pydantic_core.from_json(data, allow_inf_nan=False), None
+    except ValueError as error:
+        if "recursion limit" in str(error):
+            return None, (422, too_deep(limits.max_depth))
+        return None, (400, f"invalid JSON: {error}")
+
+
+async def _push_frame(
+    runtime: Runtime, name: str, frame: str | bytes, timeout: float, limits: ValueLimits
+) -> dict[str, Any]:
+    event, problem = parse_event(frame, limits)
+    if problem is not None:
+        return {"ok": False, "error": problem[1]}
     status, detail = await _push(runtime, name, event, timeout)
     return {"ok": True} if status == 202 else {"ok": False, "error": detail}
 

@@ -24,6 +24,7 @@ from tests.unit.support import declare_reactor, one_node_graph, passthroughs
 
 TOKEN = "unit-s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+JSON = {"Content-Type": "application/json"}
 
 
 class Price(BaseModel):
@@ -147,6 +148,21 @@ async def test_deep_values_are_refused_and_strict_models_refuse_coercion(
             assert "does not match Price" in strict.json()["detail"]
         fine = await api.post("/v1/accumulators/strict", json={"symbol": "X", "price": 100})
         assert fine.status_code == 202
+        too_deep_to_parse = await api.post(
+            "/v1/accumulators/a", content=b"[" * 300 + b"]" * 300, headers=JSON
+        )
+        assert too_deep_to_parse.status_code == 422
+        assert "worker.limits.max_depth" in too_deep_to_parse.json()["detail"]
+        nan = await api.post("/v1/accumulators/a", content=b"NaN", headers=JSON)
+        assert nan.status_code == 400 and "invalid JSON" in nan.json()["detail"]
+
+
+async def test_big_integers_keep_every_digit(runtime: Runtime) -> None:
+    big = 10**30 + 7  # orjson.loads turned this into 1e30, silently
+    async with client(runtime) as api:
+        pushed = await api.post("/v1/accumulators/a", content=b'{"id": %d}' % big, headers=JSON)
+        assert pushed.status_code == 202
+    assert runtime.accumulators["a"].last_value == {"id": big}
 
 
 # -- tickets ----------------------------------------------------------------------------------
