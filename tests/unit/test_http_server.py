@@ -123,3 +123,18 @@ def test_accept_errors_are_logged_once_per_interval(caplog: pytest.LogCaptureFix
         loop.close()
     assert passed == ["something else"], "other contexts reach the previous handler"
     assert throttle.suppressed == 999
+
+
+async def test_oversized_frames_and_request_heads_are_refused(server: HttpServer) -> None:
+    base = f"ws://127.0.0.1:{server.port}/v1/ws/accumulators"
+    async with connect(f"{base}/a", additional_headers=AUTH, max_size=None) as socket:
+        await socket.send("[" + "1," * (600 * 1024) + "1]")  # 1.2 MB > max_bytes (1 MiB)
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await socket.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /v1/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"x" * 20_000)
+    await writer.drain()  # a head still incomplete past 16 KiB is refused, not buffered on
+    response = await asyncio.wait_for(reader.read(), 5)
+    assert response.startswith(b"HTTP/1.1 400"), response[:100]
+    writer.close()
