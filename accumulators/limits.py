@@ -49,33 +49,39 @@ class ValueLimits:
 DEFAULT_LIMITS = ValueLimits()
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None), bytes, bytearray})
+
+
 def nesting_depth(value: Any, stop_after: int) -> int:
     """Levels of containers in ``value`` (a scalar is 0, ``[1]`` is 1); stops counting once
     past ``stop_after`` so a hostile value costs no more than the limit. Iterative: no
-    recursion limit to hit."""
+    recursion limit to hit. Scalars are skipped by exact type, the common case kept cheap."""
+    if type(value) in _SCALARS:
+        return 0
     deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         children = _children(item)
         if children is None:
             continue
-        depth += 1
         if depth > deepest:
             deepest = depth
             if deepest > stop_after:
                 return deepest
-        stack.extend((child, depth) for child in children)
+        for child in children:
+            if type(child) not in _SCALARS:
+                stack.append((child, depth + 1))
     return deepest
 
 
 def _children(item: Any) -> Any:
-    if isinstance(item, str | bytes | bytearray | int | float | bool) or item is None:
-        return None
-    if isinstance(item, Mapping):
+    if isinstance(item, dict):
         return item.values()
     if isinstance(item, list | tuple | set | frozenset):
         return item
+    if isinstance(item, Mapping):
+        return item.values()
     if isinstance(item, pydantic.BaseModel):
         return item.__dict__.values()
     if dataclasses.is_dataclass(item) and not isinstance(item, type):
