@@ -20,7 +20,7 @@ DEFAULT_MAX_DEPTH = 64
 DEFAULT_MAX_BYTES = 1024 * 1024
 OUTPUT_HEADROOM = 16
 ENCODER_DEPTH = 254
-"""Deepest nesting orjson and pydantic-core serialise (255 raises)."""
+"""Deepest nesting both JSON encoders write (orjson raises at 255, pydantic-core at 256)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,7 @@ __all__ = [
     "DEFAULT_LIMITS",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_DEPTH",
+    "ENCODER_DEPTH",
     "OUTPUT_HEADROOM",
     "ValueLimits",
     "depth_problem",
