@@ -4,7 +4,8 @@
   when it is a wildcard such as 0.0.0.0) or one of ``worker.http.allowed_hosts``: a
   DNS-rebinding page sends its own host name and is refused with 421.
 - a request carrying an ``Origin`` header (every cross-site browser request does) is refused
-  with 403 unless that origin is in ``worker.http.allowed_origins`` (default: none).
+  with 403 unless that origin is in ``worker.http.allowed_origins`` (default: none) or is
+  the worker's own (its ``/docs`` page).
 - push bodies: ``Content-Type: application/json`` or 415; at most ``max_bytes`` or 413,
   decided from ``Content-Length`` before reading and by counting streamed bytes.
 """
@@ -87,11 +88,22 @@ class BrowserGuard:
             await _refuse(scope, send, 421, detail)
             return
         origin = headers.get("origin")
-        if origin is not None and normalize_origin(origin) not in self.origins:
+        if (
+            origin is not None
+            and normalize_origin(origin) not in self.origins
+            and not _same_origin(origin, host or "", scope)
+        ):
             detail = f"Origin {origin!r} is not allowed (worker.http.allowed_origins)"
             await _refuse(scope, send, 403, detail)
             return
         await self.app(scope, receive, send)
+
+
+def _same_origin(origin: str, host: str, scope: Scope) -> bool:
+    """A page the worker served itself (``/docs``): its origin is this very scheme and host
+    (already checked above, so a rebinding name never gets here)."""
+    scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), scope.get("scheme"))
+    return normalize_origin(origin) == f"{scheme}://{host.strip().lower()}"
 
 
 def _headers(scope: Scope) -> dict[str, str]:

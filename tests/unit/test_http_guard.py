@@ -89,6 +89,8 @@ async def test_rebinding_hosts_and_foreign_origins_are_refused(runtime: Runtime)
         assert paused.status_code == 403
         assert runtime.reactors["rx"].paused is False
         assert runtime.accumulators["a"].events_in == 0
+        own = await api.get("/v1/health/graphs", headers={"Origin": "http://127.0.0.1:8080"})
+        assert own.status_code == 200, "the worker's own /docs page"
     allowed = ["https://ops.example.com"]
     async with client(runtime, allowed_origins=allowed) as api:
         ok = await api.get("/v1/health/graphs", headers={"Origin": "https://ops.example.com"})
