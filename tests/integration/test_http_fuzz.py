@@ -66,7 +66,7 @@ type = "state_store"
 
 TOKEN = "fz-" + secrets.token_urlsafe(24)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-EXAMPLES = 25
+EXAMPLES = 12
 
 
 @pytest.fixture(scope="module")
