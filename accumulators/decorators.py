@@ -25,13 +25,21 @@ def _declare(kind: AccumulatorKind, **settings: Any) -> Callable[[F], F]:
 def passthrough_accumulator(fn: F) -> F: ...
 @overload
 def passthrough_accumulator(
-    *, name: str | None = None, channel_size: int = DEFAULT_CHANNEL_SIZE
+    *, name: str | None = None, channel_size: int = DEFAULT_CHANNEL_SIZE, strict: bool = False
 ) -> Callable[[F], F]: ...
 def passthrough_accumulator(
-    fn: Any = None, *, name: str | None = None, channel_size: int = DEFAULT_CHANNEL_SIZE
+    fn: Any = None,
+    *,
+    name: str | None = None,
+    channel_size: int = DEFAULT_CHANNEL_SIZE,
+    strict: bool = False,
 ) -> Any:
-    """Values pushed through ``Runtime.push`` or the worker's HTTP/WebSocket endpoints."""
-    decorate = _declare(AccumulatorKind.PASSTHROUGH, name=name, channel_size=channel_size)
+    """Values pushed through ``Runtime.push`` or the worker's HTTP/WebSocket endpoints.
+
+    ``strict=True`` validates the model in pydantic strict mode (default: lax coercion)."""
+    decorate = _declare(
+        AccumulatorKind.PASSTHROUGH, name=name, channel_size=channel_size, strict=strict
+    )
     return decorate(fn) if fn is not None else decorate
 
 
@@ -42,8 +50,11 @@ def stream_accumulator(
     type: str = "kafka",
     name: str | None = None,
     channel_size: int = DEFAULT_CHANNEL_SIZE,
+    strict: bool = False,
 ) -> Callable[[F], F]:
-    """One Kafka topic; each decoded message goes through the function (``None`` drops it)."""
+    """One Kafka topic; each decoded message goes through the function (``None`` drops it).
+
+    ``strict=True`` validates the model in pydantic strict mode (default: lax coercion)."""
     return _declare(
         AccumulatorKind.STREAM,
         topic=topic,
@@ -51,6 +62,7 @@ def stream_accumulator(
         source_type=type,
         name=name,
         channel_size=channel_size,
+        strict=strict,
     )
 
 

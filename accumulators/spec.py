@@ -10,8 +10,10 @@ from enum import StrEnum
 from typing import Any
 
 import pydantic
+import pydantic_core
 
 from headrace.accumulators.durations import parse_duration
+from headrace.accumulators.limits import DEFAULT_MAX_DEPTH, depth_problem
 
 
 class AccumulatorKind(StrEnum):
@@ -35,7 +37,12 @@ DEFAULT_CHANNEL_SIZE = 1024
 
 @dataclass(frozen=True)
 class AccumulatorSpec:
-    """A declared accumulator. ``fn`` turns an event (or a list, for batch) into a value."""
+    """A declared accumulator. ``fn`` turns an event (or a list, for batch) into a value.
+
+    ``strict`` validates the model in pydantic strict mode (``"100"`` and ``true`` are not
+    numbers); the default is lax (pydantic's coercion). Events nested deeper than
+    ``max_depth`` are refused before validation (see ``headrace.accumulators.limits``).
+    """
 
     name: str
     kind: AccumulatorKind
@@ -49,13 +56,19 @@ class AccumulatorSpec:
     channel_size: int = DEFAULT_CHANNEL_SIZE
     model: type[pydantic.BaseModel] | None = None
     model_is_list: bool = False
+    strict: bool = False
+    max_depth: int = DEFAULT_MAX_DEPTH
 
     @property
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.fn)
 
     def validate(self, event: Any) -> Any:
-        """Validate ``event`` into the model when there is one; errors name the accumulator."""
+        """Check the depth limit, then validate ``event`` into the model when there is one;
+        errors name the accumulator."""
+        problem = depth_problem(event, self.max_depth)
+        if problem is not None:
+            raise AccumulatorInputError(self.name, problem)
         if self.model is None:
             return event
         try:
@@ -64,12 +77,19 @@ class AccumulatorSpec:
                     raise AccumulatorInputError(
                         self.name, f"expected a list, got {type(event).__name__}"
                     )
-                return [self.model.model_validate(item) for item in event]
-            return self.model.model_validate(event)
+                return [self._validate_one(item) for item in event]
+            return self._validate_one(event)
         except pydantic.ValidationError as error:
             raise AccumulatorInputError(
                 self.name, f"does not match {self.model.__name__}: {_summarize(error)}"
             ) from error
+
+    def _validate_one(self, event: Any) -> Any:
+        assert self.model is not None
+        if not self.strict:
+            return self.model.model_validate(event)
+        # strict JSON rules: no "100" or true for numbers, yet ISO strings for datetimes
+        return self.model.model_validate_json(pydantic_core.to_json(event), strict=True)
 
 
 def _summarize(error: pydantic.ValidationError) -> str:
@@ -115,6 +135,8 @@ def make_spec(fn: Callable[..., Any], kind: AccumulatorKind, **settings: Any) ->
     size = settings.get("max_buffer_size")
     if size is not None and (not isinstance(size, int) or size < 1):
         raise ValueError(f"{owner}: max_buffer_size must be a positive integer, got {size!r}")
+    if not isinstance(settings.setdefault("strict", False), bool):
+        raise ValueError(f"{owner}: strict must be true or false, got {settings['strict']!r}")
     channel_size = settings.setdefault("channel_size", DEFAULT_CHANNEL_SIZE)
     if not isinstance(channel_size, int) or channel_size < 1:
         raise ValueError(f"{owner}: channel_size must be a positive integer, got {channel_size!r}")

@@ -171,6 +171,7 @@ class Worker:
                 retention_dead_letters=worker.state_store.retention_dead_letters,
                 retention_results=worker.state_store.retention_results,
                 prune_interval=worker.state_store.prune_interval,
+                limits=worker.limits.value_limits(),
             )
         self.metrics = Metrics(store=self.store)
         used = {name for names in cfg.graph_sinks.values() for name in names}
@@ -192,14 +193,11 @@ class Worker:
         return runtime
 
     def build_http(self) -> Any:
-        http = self.config.worker.http
-        if not http.enabled or self.runtime is None:
+        if self.runtime is None:
             return None
-        from headrace.engine.ops.http import HttpServer, create_app
+        from headrace.engine.ops.http import build_http_server
 
-        token = http.token.get_secret_value() if http.token else None
-        app = create_app(self.runtime, metrics=self.metrics, store=self.store, token=token or None)
-        return HttpServer(app, http.host, http.port)
+        return build_http_server(self.runtime, self.config, metrics=self.metrics, store=self.store)
 
     # -- signals -------------------------------------------------------------------------
     def request_stop(self, signum: int | None = None, reason: str = "signal") -> None:

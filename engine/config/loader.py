@@ -11,6 +11,7 @@ accumulators, reactors and graphs; check sinks and wiring) and ``engine.config_w
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from headrace.engine.config.files import Issues, merge, parse_file
 from headrace.engine.config.imports import ensure_on_path, import_module, resolve_ref
 from headrace.engine.config.resolve import Resolver, resolve_groups
 from headrace.engine.config.schema import ConfigError, ConfigIssue, SinkConfig, WorkerConfig
-from headrace.engine.config.worker import check_worker
+from headrace.engine.config.worker import apply_token_variable, check_worker
 from headrace.engine.graph.builder import ComputationGraph
 from headrace.engine.graph.registry import registered_graphs
 from headrace.reactors import ReactorSpec
@@ -42,6 +43,8 @@ class LoadedConfig:
     graph_sinks: dict[str, list[str]]
     sinks: dict[str, SinkConfig]
     origins: dict[str, str] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+    """Warnings found while loading, logged when the worker starts."""
 
     def kafka_groups(self) -> dict[str, list[str]]:
         """Consumer group -> accumulators that read a Kafka topic in that group."""
@@ -88,9 +91,17 @@ def load_config(
         for name, (_, s) in merged.entries["sinks"].items()
         if any(name in sinks for sinks in resolver.graph_sinks.values())
     )
+    notices = apply_token_variable(merged, os.environ if environ is None else environ)
     check_worker(merged, needs_kafka, issues)
     issues.raise_if_any()
     used = resolve_groups(used, merged)
+    max_depth = merged.worker.limits.max_depth
+    used = {
+        name: spec
+        if spec.max_depth == max_depth
+        else dataclasses.replace(spec, max_depth=max_depth)
+        for name, spec in used.items()
+    }
 
     reactors = {g.reactor_name: resolver.reactor_spec(g.reactor_name) for g in graphs.values()}
     return LoadedConfig(
@@ -103,6 +114,7 @@ def load_config(
         graph_sinks={name: resolver.graph_sinks.get(name, []) for name in graphs},
         sinks={name: entry for name, (_, entry) in merged.entries["sinks"].items()},
         origins=resolver.origins,
+        notices=notices,
     )
 
 

@@ -39,7 +39,7 @@ from headrace.reactors import ReactorSpec, find_reactor, register_reactor, regis
 from headrace.reactors.declaration import make_reactor_spec
 
 _KIND_FIELDS: dict[str, set[str]] = {
-    "stream": {"topic", "group", "model", "function", "channel_size"},
+    "stream": {"topic", "group", "model", "function", "channel_size", "strict"},
     "batch": {
         "topic",
         "group",
@@ -50,7 +50,7 @@ _KIND_FIELDS: dict[str, set[str]] = {
         "channel_size",
     },
     "polling": {"function", "interval", "channel_size"},
-    "passthrough": {"model", "function", "channel_size"},
+    "passthrough": {"model", "function", "channel_size", "strict"},
 }
 
 _SINK_FIELDS: dict[str, set[str]] = {
@@ -216,6 +216,7 @@ class Resolver:
             channel_size=pick("channel_size", DEFAULT_CHANNEL_SIZE),
             model=model,
             model_is_list=model_is_list,
+            strict=bool(pick("strict", False)),
         )
 
     # reactors

@@ -10,7 +10,9 @@ A worker loads one or more TOML files. Each file may hold any of these sections:
     # also: commit_interval, batch_size, channel_size, drain_timeout, and the Kafka
     # source's memory bounds max_in_flight_per_partition, max_batch_events,
     # max_dead_letters_in_flight, max_dead_letter_bytes
-    [worker.http]         host, port, token, enabled
+    [worker.http]         host, port, token, enabled, allow_unauthenticated, allowed_hosts,
+                          allowed_origins, max_connections, header_timeout, max_websockets, ...
+    [worker.limits]       max_depth, max_bytes (values: push bodies, frames, stored values)
     [worker.state_store]  enabled, url, retention_executions, retention_dead_letters,
                           retention_results, prune_interval
     [worker.dead_letters] kafka, topic_suffix, execution_topic, state_store
@@ -45,6 +47,13 @@ from pydantic import (
 )
 
 from headrace.accumulators.durations import DurationError, parse_duration
+from headrace.accumulators.limits import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_DEPTH,
+    ENCODER_DEPTH,
+    OUTPUT_HEADROOM,
+    ValueLimits,
+)
 from headrace.engine.ops.net import is_loopback
 
 # -- errors -------------------------------------------------------------------------------
@@ -232,12 +241,30 @@ class Model(BaseModel):
 
 
 class HttpConfig(Model):
-    """The operations endpoint. Non-loopback hosts need a token."""
+    """The operations endpoint. Non-loopback hosts need a token (``HEADRACE_TOKEN``, which
+    always applies when set). Without a token only reads are served, unless
+    ``allow_unauthenticated``."""
 
     enabled: bool = True
     host: NonEmpty = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     token: SecretStr | None = None
+    allow_unauthenticated: bool = False
+    """Without a token, accept pushes, pause and resume too (loopback binds only)."""
+    allowed_hosts: list[NonEmpty] = Field(default_factory=list)
+    """Host names accepted in the ``Host`` header besides the bind address (DNS rebinding)."""
+    allowed_origins: list[NonEmpty] = Field(default_factory=list)
+    """Browser origins (``scheme://host[:port]``) allowed; requests with any other
+    ``Origin`` header are refused."""
+    max_connections: int = Field(1000, ge=1)
+    """Open connections per worker; over it the oldest idle one is closed."""
+    header_timeout: Duration = 10.0
+    """Seconds a connection may take to send its request headers."""
+    keep_alive_timeout: Duration = 5.0
+    max_websockets: int = Field(256, ge=1)
+    max_websockets_per_accumulator: int = Field(64, ge=1)
+    push_timeout: Duration = 10.0
+    """Seconds a push waits for room in a full channel before 503."""
 
     @property
     def is_loopback(self) -> bool:
@@ -262,6 +289,17 @@ class DeadLettersConfig(Model):
     topic_suffix: NonEmpty = ".dlq"
     execution_topic: NonEmpty = "headrace.dead_letters"
     state_store: bool = True
+
+
+class LimitsConfig(Model):
+    """One depth and size limit for values: the push parser (HTTP bodies and WebSocket
+    frames), the accumulators' validation, the state store and sinks all use it."""
+
+    max_depth: int = Field(DEFAULT_MAX_DEPTH, ge=1, le=ENCODER_DEPTH - OUTPUT_HEADROOM)
+    max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1)
+
+    def value_limits(self) -> ValueLimits:
+        return ValueLimits(max_depth=self.max_depth, max_bytes=self.max_bytes)
 
 
 class LogConfig(Model):
@@ -291,6 +329,7 @@ class WorkerConfig(Model):
     http: HttpConfig = Field(default_factory=HttpConfig)
     state_store: StateStoreConfig = Field(default_factory=StateStoreConfig)
     dead_letters: DeadLettersConfig = Field(default_factory=DeadLettersConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     def consumer_config(self) -> dict[str, Any]:
@@ -326,6 +365,8 @@ class AccumulatorConfig(Model):
     flush_interval: Duration | None = None
     max_buffer_size: int | None = Field(None, ge=1)
     channel_size: int | None = Field(None, ge=1)
+    strict: bool | None = None
+    """Validate the model in pydantic strict mode (stream, passthrough); default lax."""
 
 
 class ReactorConfig(Model):

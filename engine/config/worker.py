@@ -3,10 +3,40 @@ the HTTP token off loopback, secrets taken from the environment, the state store
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pydantic import SecretStr
 
 from headrace.engine.config.files import Issues, Merged
 from headrace.engine.config.schema import SECRET_KEY, field_path
+
+TOKEN_VARIABLE = "HEADRACE_TOKEN"
+"""The API token's environment variable: when set, it is the token, whatever the files say."""
+
+UNUSED_TOKEN_VARIABLES = ("HEADRACE_HTTP_TOKEN", "HEADRACE_API_TOKEN")
+"""Names people reach for that nothing reads: warn when they are set."""
+
+
+def apply_token_variable(merged: Merged, environ: Mapping[str, str]) -> list[str]:
+    """Make ``HEADRACE_TOKEN`` the API token when it is set; return warnings to log at start
+    (a token variable that is set but unused, a file token it overrides)."""
+    notices: list[str] = []
+    http = merged.worker.http
+    file = merged.worker_file or (merged.files[0].file if merged.files else "<config>")
+    value = environ.get(TOKEN_VARIABLE, "")
+    for name in UNUSED_TOKEN_VARIABLES:
+        if environ.get(name):
+            notices.append(f"{name} is set but nothing reads it: the API token is {TOKEN_VARIABLE}")
+    if not value:
+        return notices
+    if not http.enabled:
+        notices.append(f"{TOKEN_VARIABLE} is set but unused: worker.http.enabled is false")
+    current = http.token.get_secret_value() if http.token else ""
+    if current and current != value:
+        notices.append(f"{TOKEN_VARIABLE} overrides worker.http.token of {file}")
+    http.token = SecretStr(value)
+    merged.from_env.setdefault(file, set()).add("worker.http.token")
+    return notices
 
 
 def check_worker(merged: Merged, loaded_needs_kafka: bool, issues: Issues) -> None:
@@ -26,8 +56,13 @@ def check_worker(merged: Merged, loaded_needs_kafka: bool, issues: Issues) -> No
             file,
             "worker.http.token",
             f"required when worker.http.host "
-            f"({worker.http.host}) is not a loopback address; "
-            'e.g. token = "${HEADRACE_TOKEN}"',
+            f"({worker.http.host}) is not a loopback address: set {TOKEN_VARIABLE}",
+        )
+    if worker.http.enabled and not worker.http.is_loopback and worker.http.allow_unauthenticated:
+        issues.add(
+            file,
+            "worker.http.allow_unauthenticated",
+            f"only allowed on a loopback host, not {worker.http.host}",
         )
     if token and "worker.http.token" not in env_fields:
         issues.add(

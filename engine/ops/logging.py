@@ -31,6 +31,8 @@ from typing import Any, TextIO
 import structlog
 from pydantic import SecretStr
 
+from headrace.engine.ops.log_scrub import scrub_secrets
+
 LEVELS = ("debug", "info", "warning", "error", "critical")
 FORMATS = ("auto", "json", "console")
 
@@ -257,7 +259,7 @@ def configure_logging(
         shared.append(jsonable_fields)
     shared = [guarded(processor) for processor in shared]
     structlog.configure(
-        processors=[*shared, renderer],
+        processors=[*shared, scrub_secrets, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=SafePrintLoggerFactory(out),
         cache_logger_on_first_use=False,
@@ -268,6 +270,7 @@ def configure_logging(
         structlog.stdlib.ProcessorFormatter(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                scrub_secrets,
                 renderer,
             ],
             foreign_pre_chain=[

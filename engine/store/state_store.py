@@ -32,6 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import StaticPool
 
 from headrace.accumulators import AccumulatorKind, get_accumulator
+from headrace.accumulators.limits import DEFAULT_LIMITS, ValueLimits, depth_problem, size_problem
 from headrace.connectors.dead_letters import DeadLetter
 from headrace.engine.observers import ExecutionRecord
 
@@ -44,6 +45,18 @@ STORED_KINDS = frozenset({AccumulatorKind.POLLING, AccumulatorKind.PASSTHROUGH})
 """Accumulator kinds whose last value is kept: Kafka cannot replay them after a restart."""
 
 _SCHEMA_LOCK_KEY = 0x68656164  # PostgreSQL advisory lock serialising concurrent schema creation
+
+
+def storable_problem(value: Any, limits: ValueLimits) -> str | None:
+    """Why ``value`` cannot be stored (too deep, too big, not serialisable); ``None`` if it can."""
+    problem = depth_problem(value, limits.stored_depth)
+    if problem is not None:
+        return problem
+    try:
+        size = len(_dumps(value))
+    except Exception as error:
+        return f"value cannot be written as JSON: {error}"
+    return size_problem(size, limits.max_bytes)
 
 
 def _dumps(value: Any) -> str:
@@ -157,6 +170,11 @@ class StateStore:
     letters and results are never queued nor dropped. Dead letters reach the store only
     through ``send``: make it (or a ``FanOutDeadLetters`` holding it) the runtime's
     ``dead_letters``.
+
+    A value that cannot be stored (deeper or bigger than ``limits`` allow, or not
+    serialisable) never blocks the writer: it is dead-lettered (kind ``"value"``, with the
+    reason, without the payload), counted in ``health()["rejected_values"]``, and the rest is
+    written. A failed batch keeps its records queued for the next flush.
     """
 
     def __init__(
@@ -171,6 +189,7 @@ class StateStore:
         queue_size: int = 10_000,
         flush_interval: float = 0.2,
         prune_interval: float = 60.0,
+        limits: ValueLimits = DEFAULT_LIMITS,
     ) -> None:
         for name, number in (
             ("retention_executions", retention_executions),
@@ -194,6 +213,7 @@ class StateStore:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.flush_interval = flush_interval
         self.prune_interval = prune_interval
+        self.limits = limits
         self._stored_names = frozenset(accumulators) if accumulators is not None else None
         self._runtime: Runtime | None = None
         self._kind_cache: dict[str, bool] = {}
@@ -211,7 +231,9 @@ class StateStore:
         self.written_dead_letters = 0
         self.written_results = 0
         self.write_errors = 0
+        self.rejected_values = 0
         self.last_error: str | None = None
+        self.last_rejected: str | None = None
 
     @property
     def display_url(self) -> str:
@@ -278,6 +300,20 @@ class StateStore:
             self._thread = None
         try:
             self.flush()
+        except Exception as error:  # reported, never raised: a stopping worker still exits 0
+            with self._lock:
+                lost = len(self._executions) + len(self._values)
+                self.dropped_executions += len(self._executions)
+                self._executions.clear()
+                self._values.clear()
+            self.write_errors += 1
+            self.last_error = repr(error)
+            log.error(
+                "state store: last writes lost on close",
+                url=self.display_url,
+                lost=lost,
+                error=repr(error),
+            )
         finally:
             self._engine.dispose()
             self._engine = None
@@ -356,10 +392,20 @@ class StateStore:
 
     def _dead_letter_row(self, letter: DeadLetter) -> dict[str, Any]:
         raw = letter.payload if isinstance(letter.payload, bytes | bytearray) else None
+        payload, reason = None if raw is not None else letter.payload, letter.reason
+        problem = (
+            size_problem(len(raw), self.limits.max_bytes)
+            if raw is not None
+            else storable_problem(payload, self.limits)
+            if payload is not None
+            else None
+        )
+        if problem is not None:  # the letter is kept, its payload cannot be
+            payload, raw, reason = None, None, f"{reason} (payload not stored: {problem})"
         return {
             "kind": letter.kind,
-            "reason": letter.reason,
-            "payload": None if raw is not None else letter.payload,
+            "reason": reason,
+            "payload": payload,
             "payload_bytes": bytes(raw) if raw is not None else None,
             "accumulator": letter.accumulator,
             "graph": letter.graph,
@@ -382,7 +428,13 @@ class StateStore:
         )
 
     def write_results(self, results: Iterable[tuple[str, dict[str, Any], float]]) -> None:
-        """Insert ``(graph, outputs, at)`` rows in one transaction."""
+        """Insert ``(graph, outputs, at)`` rows in one transaction; ``ValueError`` naming the
+        graph when outputs cannot be stored (see ``limits``)."""
+        results = list(results)
+        for graph, outputs, _ in results:
+            problem = storable_problem(outputs, self.limits)
+            if problem is not None:
+                raise ValueError(f"graph {graph!r}: result not stored: {problem}")
         rows = [
             {"graph": graph, "outputs": outputs, "at": at, "worker": self.worker_id}
             for graph, outputs, at in results
@@ -411,7 +463,11 @@ class StateStore:
                 log.error("state store write failed", error=repr(error))
 
     def flush(self) -> None:
-        """Write every queued execution record and accumulator value now."""
+        """Write every queued execution record and accumulator value now.
+
+        Values that cannot be stored are dead-lettered first; when the batch still fails,
+        a connection error re-queues everything and raises, any other error writes the
+        records and each value on its own, dead-lettering the values that fail."""
         with self._write_lock:
             with self._lock:
                 records = list(self._executions)
@@ -419,14 +475,79 @@ class StateStore:
                 values, self._values = self._values, {}
             if not records and not values:
                 return
+            values = self._reject_unstorable(values)
             try:
                 self._write(records, values)
-            except Exception:
-                with self._lock:  # keep values not superseded meanwhile; records are lost
-                    for name, item in values.items():
-                        self._values.setdefault(name, item)
-                    self.dropped_executions += len(records)
+            except sa.exc.OperationalError:
+                self._requeue(records, values)
                 raise
+            except Exception as error:
+                log.warning("state store batch failed; writing rows one by one", error=repr(error))
+                self._write_one_by_one(records, values)
+
+    def _reject_unstorable(
+        self, values: dict[str, tuple[Any, float]]
+    ) -> dict[str, tuple[Any, float]]:
+        kept = {}
+        for name, (value, at) in values.items():
+            problem = storable_problem(value, self.limits)
+            if problem is None:
+                kept[name] = (value, at)
+            else:
+                self._reject_value(name, problem)
+        return kept
+
+    def _reject_value(self, name: str, problem: str) -> None:
+        reason = f"last value of accumulator {name!r} not stored: {problem}"
+        with self._lock:
+            self.rejected_values += 1
+            self.last_rejected = reason
+        log.warning("state store: value not stored, dead-lettered", accumulator=name, reason=reason)
+        letter = DeadLetter(kind="value", reason=reason, payload=None, accumulator=name)
+        try:
+            self.write_dead_letters([letter])
+        except Exception as error:
+            self.write_errors += 1
+            self.last_error = repr(error)
+            log.error("state store: dead letter of a rejected value failed", error=repr(error))
+
+    def _requeue(
+        self, records: list[ExecutionRecord], values: dict[str, tuple[Any, float]]
+    ) -> None:
+        """Put a failed batch back in front of the queue (oldest records dropped when full)."""
+        with self._lock:
+            for name, item in values.items():  # a value set meanwhile is newer: keep it
+                self._values.setdefault(name, item)
+            room = (self._executions.maxlen or len(records)) - len(self._executions)
+            kept = records[-room:] if room > 0 else []
+            self.dropped_executions += len(records) - len(kept)
+            self._executions.extendleft(reversed(kept))
+
+    def _write_one_by_one(
+        self, records: list[ExecutionRecord], values: dict[str, tuple[Any, float]]
+    ) -> None:
+        try:
+            if records:
+                self._write(records, {})
+        except sa.exc.OperationalError:
+            self._requeue(records, values)
+            raise
+        except Exception as error:
+            with self._lock:
+                self.dropped_executions += len(records)
+            self.write_errors += 1
+            self.last_error = repr(error)
+            log.error(
+                "state store: execution records dropped", count=len(records), error=repr(error)
+            )
+        for name, item in values.items():
+            try:
+                self._write([], {name: item})
+            except sa.exc.OperationalError:
+                self._requeue([], {name: item})
+                raise
+            except Exception as error:
+                self._reject_value(name, f"the database refused it: {error}")
 
     def _write(self, records: list[ExecutionRecord], values: dict[str, tuple[Any, float]]) -> None:
         engine = self._require_engine()
@@ -545,8 +666,15 @@ class StateStore:
             "written_dead_letters": self.written_dead_letters,
             "written_results": self.written_results,
             "dropped_executions": self.dropped_executions,
+            "rejected_values": self.rejected_values,
             "write_errors": self.write_errors,
             "last_error": self.last_error,
+            "last_rejected": self.last_rejected,
+            "status": (
+                "degraded"
+                if self.dropped_executions or self.rejected_values or self.write_errors
+                else "ok"
+            ),
         }
 
     # -- restart -----------------------------------------------------------------------------

@@ -151,3 +151,23 @@ async def test_restart_restores_passthrough_values_from_postgres(schema_url: str
             await runtime.push("b", {"y": 2})
             await sink.wait_for(1)
     assert sink.outputs() == [{"run": {"a": {"x": 1}, "b": {"y": 2}}}]
+
+
+def test_an_unstorable_value_is_dead_lettered_and_nothing_else_is_lost_on_postgres(
+    schema_url: str,
+) -> None:
+    deep: object = {"leaf": 1}
+    for _ in range(300):  # past what the JSON encoders write
+        deep = [deep]
+    with StateStore(schema_url, accumulators=["deep", "ok"], flush_interval=3600) as store:
+        store.on_delivered("deep", deep)
+        store.on_delivered("ok", {"n": 1})
+        for fire in range(1, 5):
+            store.on_execution(record("g", fire))
+        store.flush()
+        assert [e["fire"] for e in store.executions()] == [4, 3, 2, 1]
+        assert store.load_last_values() == {"ok": {"n": 1}}
+        (letter,) = store.dead_letters()
+        assert (letter["kind"], letter["accumulator"]) == ("value", "deep")
+        assert store.health()["status"] == "degraded"
+    assert store.health()["open"] is False  # closed cleanly

@@ -201,6 +201,7 @@ drain_timeout = "30s"
 
 [worker.http]
 port = 0
+allow_unauthenticated = true  # the test pushes without a token
 
 [worker.state_store]
 url = "${STORE_URL}"
@@ -430,7 +431,7 @@ modules = [{{ name = "hr_worker_nodes", path = "." }}]
 
 [worker]
 drain_timeout = "30s"
-http = {{ port = 0 }}
+http = {{ port = 0, allow_unauthenticated = true }}
 state_store = {{ url = "sqlite:///{db}" }}
 
 [accumulators.ticks]

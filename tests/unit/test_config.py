@@ -860,3 +860,82 @@ def test_every_error_of_every_file_is_collected(tmp_path: Path, mod: str) -> Non
         (two, "bogus"),
     }
     assert str(ConfigError(issues)).count("\n") == len(issues) - 1
+
+
+# -- the API token, HTTP limits, strict models ---------------------------------------------------
+
+
+def test_headrace_token_always_applies_even_without_a_token_line(tmp_path: Path, mod: str) -> None:
+    file = write(tmp_path, "a.toml", base(mod) + '[worker]\nhttp = { host = "0.0.0.0" }\n')
+    config = load_config([file], environ={"HEADRACE_TOKEN": "from-env-123"})
+    token = config.worker.http.token
+    assert token is not None and token.get_secret_value() == "from-env-123"
+    assert config.notices == []
+    assert_issue(errors(file), file, "worker.http.token", "required", "set HEADRACE_TOKEN")
+
+
+def test_unused_or_overridden_token_variables_are_reported(tmp_path: Path, mod: str) -> None:
+    file = write(
+        tmp_path, "a.toml", base(mod) + '[worker]\nhttp = { token = "${OTHER}", enabled = false }\n'
+    )
+    env = {"HEADRACE_TOKEN": "one-token", "OTHER": "another", "HEADRACE_HTTP_TOKEN": "x"}
+    notices = load_config([file], environ=env).notices
+    assert notices == [
+        "HEADRACE_HTTP_TOKEN is set but nothing reads it: the API token is HEADRACE_TOKEN",
+        "HEADRACE_TOKEN is set but unused: worker.http.enabled is false",
+        f"HEADRACE_TOKEN overrides worker.http.token of {file}",
+    ]
+
+
+def test_http_settings_limits_and_strict_models(tmp_path: Path, mod: str) -> None:
+    file = write(
+        tmp_path,
+        "a.toml",
+        base(mod).replace(
+            '[accumulators.ref]\n    kind = "passthrough"',
+            '[accumulators.ref]\n    kind = "passthrough"\n    strict = true',
+        )
+        + """
+        [worker.http]
+        allowed_hosts = ["ops.example.com"]
+        allowed_origins = ["https://ops.example.com"]
+        max_connections = 50
+        header_timeout = "2s"
+        [worker.limits]
+        max_depth = 10
+        max_bytes = 2048
+        """,
+    )
+    config = load_config([file], environ={})
+    http = config.worker.http
+    assert http.allowed_hosts == ["ops.example.com"] and http.header_timeout == 2.0
+    assert http.max_connections == 50 and http.allow_unauthenticated is False
+    assert config.accumulators["ref"].strict is True
+    assert config.accumulators["book"].strict is False
+    assert {spec.max_depth for spec in config.accumulators.values()} == {10}
+    assert config.worker.limits.value_limits().max_bytes == 2048
+
+
+def test_bad_http_settings_name_the_field(tmp_path: Path, mod: str) -> None:
+    file = write(
+        tmp_path,
+        "a.toml",
+        base(mod)
+        + """
+        [worker]
+        http = { host = "0.0.0.0", token = "${T}", allow_unauthenticated = true }
+        """,
+    )
+    issues = errors(file, env={"T": "tok-1234"})
+    assert_issue(issues, file, "worker.http.allow_unauthenticated", "only allowed on a loopback")
+    deep = write(tmp_path, "c.toml", base(mod) + "[worker]\nlimits = { max_depth = 500 }\n")
+    assert_issue(errors(deep), deep, "worker.limits.max_depth", "238")
+    stream = write(
+        tmp_path,
+        "b.toml",
+        base(mod).replace(
+            'kind = "passthrough"\n    [accumulators.ref]',
+            "kind = 'polling'\n    strict = true\n    [accumulators.ref]",
+        ),
+    )
+    assert_issue(errors(stream), stream, "accumulators.book.strict", "not used by a polling")

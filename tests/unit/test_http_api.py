@@ -64,9 +64,15 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 
 
 def client_for(stack: Stack, token: str | None = None, **options: object) -> httpx.AsyncClient:
-    options = {"metrics": stack.metrics, "store": stack.store, **options}
+    """A client of the app; without a token, writes are allowed unless told otherwise."""
+    options = {
+        "metrics": stack.metrics,
+        "store": stack.store,
+        "allow_unauthenticated": token is None,
+        **options,
+    }
     app = create_app(stack.runtime, token=token, **options)  # type: ignore[arg-type]
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://worker")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost")
 
 
 # -- auth ----------------------------------------------------------------------------------
@@ -81,6 +87,8 @@ PROTECTED = [
     ("POST", "/v1/reactors/rx/pause"),
     ("POST", "/v1/reactors/rx/resume"),
     ("POST", "/v1/accumulators/a"),
+    ("POST", "/v1/auth/ws-ticket"),
+    ("GET", "/v1/health/state-store"),
     ("GET", "/v1/executions"),
     ("GET", "/v1/results"),
     ("GET", "/v1/dead-letters"),
@@ -95,27 +103,39 @@ async def test_token_guards_every_endpoint_but_liveness(stack: Stack) -> None:
         assert live.status_code == 200 and live.json() == {"status": "ok"}
         for method, path in PROTECTED:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
-                response = await client.request(method, path, headers=headers, content=b"1")
+                response = await client.request(method, path, headers=headers, json=1)
                 assert response.status_code == 401, (method, path, headers)
                 assert response.headers["www-authenticate"] == "Bearer"
             ok = await client.request(
-                method, path, headers={"Authorization": f"Bearer {TOKEN}"}, content=b"1"
+                method, path, headers={"Authorization": f"Bearer {TOKEN}"}, json=1
             )
-            assert ok.status_code in (200, 202), (method, path, ok.text)
+            assert ok.status_code in (200, 201, 202), (method, path, ok.text)
     assert stack.runtime.reactors["rx"].paused is False  # pause then resume ran
 
 
-async def test_without_a_token_everything_is_open(stack: Stack) -> None:
-    async with client_for(stack) as client:
+async def test_without_a_token_reads_are_open_and_writes_refused_unless_allowed(
+    stack: Stack,
+) -> None:
+    async with client_for(stack, allow_unauthenticated=False) as client:
         for method, path in PROTECTED:
-            response = await client.request(method, path, content=b"1")
-            assert response.status_code in (200, 202), (method, path, response.text)
+            response = await client.request(method, path, json=1)
+            if method == "GET":
+                assert response.status_code == 200, (method, path, response.text)
+            else:
+                assert response.status_code == 403, (method, path, response.text)
+                assert "HEADRACE_TOKEN" in response.json()["detail"]
+                assert "allow_unauthenticated" in response.json()["detail"]
+    assert stack.runtime.accumulators["a"].events_in == 0
+    async with client_for(stack, allow_unauthenticated=True) as client:
+        for method, path in PROTECTED:
+            response = await client.request(method, path, json=1)
+            assert response.status_code in (200, 201, 202), (method, path, response.text)
 
 
 def test_non_loopback_bind_without_token_is_refused(stack: Stack) -> None:
     open_app = create_app(stack.runtime)
     for host in ("0.0.0.0", "::", "10.1.2.3", "worker.example.com"):
-        with pytest.raises(ValueError, match="not loopback: set a token"):
+        with pytest.raises(ValueError, match=r"not loopback: set a token \(HEADRACE_TOKEN\)"):
             HttpServer(open_app, host=host, port=0)
     for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
         assert is_loopback(host)
@@ -167,10 +187,11 @@ async def test_pushes_reach_the_graph_and_bad_requests_say_why(stack: Stack) -> 
             {"run": [{"n": 1}, Quote(symbol="X", price=2.0)]},
         ]
 
-        bad = await client.post("/v1/accumulators/a", content=b"{not json")
+        json_type = {"Content-Type": "application/json"}
+        bad = await client.post("/v1/accumulators/a", content=b"{not json", headers=json_type)
         assert bad.status_code == 400
         assert bad.json()["detail"].startswith("invalid JSON: ")
-        empty = await client.post("/v1/accumulators/a", content=b"")
+        empty = await client.post("/v1/accumulators/a", content=b"", headers=json_type)
         assert empty.status_code == 400
 
         unknown = await client.post("/v1/accumulators/nope", json=1)
@@ -196,9 +217,9 @@ async def test_a_push_into_a_full_channel_times_out_with_503(tmp_path: Path) -> 
     runtime = Runtime(graphs=[one_node_graph("g", "rx", ["a"], lambda a: a)])
     async with runtime:
         runtime.pause("rx")
-        app = create_app(runtime, push_timeout=0.05)
+        app = create_app(runtime, push_timeout=0.05, allow_unauthenticated=True)
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://w") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             assert (await client.post("/v1/accumulators/a", json=1)).status_code == 202
             full = await client.post("/v1/accumulators/a", json=2)
             assert full.status_code == 503 and "stayed full" in full.json()["detail"]
@@ -298,7 +319,7 @@ async def test_executions_dead_letters_and_metrics(stack: Stack, tmp_path: Path)
 
     bare = create_app(stack.runtime)
     transport = httpx.ASGITransport(app=bare)
-    async with httpx.AsyncClient(transport=transport, base_url="http://w") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         for path in ("/metrics", "/v1/executions", "/v1/results", "/v1/dead-letters"):
             missing = await client.get(path)
             assert missing.status_code == 404 and "this worker" in missing.json()["detail"]
@@ -310,7 +331,7 @@ async def test_openapi_lists_the_endpoints(stack: Stack) -> None:
         spec = (await client.get("/openapi.json", headers=headers)).json()
         assert (await client.get("/docs")).status_code == 404
     async with client_for(stack) as client:
-        assert (await client.get("/openapi.json")).json()["paths"] == spec["paths"]
+        assert set((await client.get("/openapi.json")).json()["paths"]) == set(spec["paths"])
         assert (await client.get("/docs")).status_code == 200
     paths = spec["paths"]
     assert {path: sorted(paths[path]) for path in paths} == {
@@ -323,7 +344,11 @@ async def test_openapi_lists_the_endpoints(stack: Stack) -> None:
         "/v1/graphs/{name}/resume": ["post"],
         "/v1/reactors/{name}/pause": ["post"],
         "/v1/reactors/{name}/resume": ["post"],
+        "/v1/health/state-store": ["get"],
+        "/v1/auth/ws-ticket": ["post"],
         "/v1/accumulators/{name}": ["post"],
+        "/v1/accumulators/a": ["post"],
+        "/v1/accumulators/quote": ["post"],
         "/v1/executions": ["get"],
         "/v1/results": ["get"],
         "/v1/dead-letters": ["get"],
@@ -356,7 +381,11 @@ async def test_websocket_pushes_over_a_real_server(stack: Stack) -> None:
         await stack.sink.wait_for(2)
         assert [out["run"][0] for out in stack.sink.outputs()] == [{"n": 1}, [1, 2]]
 
-        async with connect(f"{base}/quote?token={TOKEN}") as socket:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+            issued = await client.post("/v1/auth/ws-ticket", headers=auth)
+            assert issued.status_code == 201, issued.text
+            ticket = issued.json()["ticket"]
+        async with connect(f"{base}/quote?ticket={ticket}") as socket:
             await socket.send('{"symbol": "Y"}')
             invalid = orjson.loads(await socket.recv())
             assert invalid["ok"] is False and "does not match Quote" in invalid["error"]
@@ -367,6 +396,8 @@ async def test_websocket_pushes_over_a_real_server(stack: Stack) -> None:
         for url, headers, status in (
             (f"{base}/a", {}, 401),
             (f"{base}/a?token=wrong", {}, 401),
+            (f"{base}/a?token={TOKEN}", {}, 401),  # the token never goes in a URL
+            (f"{base}/a?ticket={ticket}", {}, 401),  # a ticket is good for one handshake
             (f"{base}/nope", auth, 404),
             (f"{base}/book", auth, 409),
         ):

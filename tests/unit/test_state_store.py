@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from headrace.accumulators import passthrough_accumulator, polling_accumulator, stream_accumulator
+from headrace.accumulators.limits import ValueLimits
 from headrace.connectors import DeadLetter, MemorySink, StoreSink
 from headrace.engine import Runtime
 from headrace.engine.observers import ExecutionRecord
@@ -443,3 +444,86 @@ async def test_restore_revives_models_and_skips_fresh_or_missing_accumulators(ur
         assert cache["poll"] == {"p": 2}
         store.flush()  # restoring does not rewrite the stored values
         assert store.load_last_values()["poll"] == {"p": 2}
+
+
+# -- values that cannot be stored never poison the writer --------------------------------------
+
+
+def nested(levels: int) -> object:
+    value: object = {"leaf": 1}
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_a_value_too_deep_to_store_is_dead_lettered_and_the_rest_is_written(url: str) -> None:
+    with StateStore(url, accumulators=["deep", "ok"], flush_interval=3600) as store:
+        store.on_delivered("deep", nested(300))  # the JSON writers stop at 254 levels
+        store.on_delivered("ok", {"n": 1})
+        for fire in (1, 2, 3, 4):
+            store.on_execution(record(fire=fire))
+        store.flush()  # raised "Maximum serialization depth exceeded" before the fix
+        assert [e["fire"] for e in store.executions()] == [4, 3, 2, 1]
+        assert store.load_last_values() == {"ok": {"n": 1}}
+        (letter,) = store.dead_letters()
+        assert letter["kind"] == "value" and letter["accumulator"] == "deep"
+        assert "nested more than 80 levels" in letter["reason"]
+        assert "worker.limits.max_depth" in letter["reason"]
+        health = store.health()
+        assert health["status"] == "degraded" and health["rejected_values"] == 1
+        assert health["dropped_executions"] == 0 and health["write_errors"] == 0
+        store.on_execution(record(fire=5))
+        store.on_delivered("deep", {"fine": True})  # a later good value is stored again
+        store.flush()
+        assert len(store.executions()) == 5
+        assert store.load_last_values()["deep"] == {"fine": True}
+
+
+def test_values_over_the_size_limit_or_circular_are_refused(url: str) -> None:
+    limits = ValueLimits(max_depth=8, max_bytes=100)
+    with StateStore(url, accumulators=["a", "b", "c"], limits=limits, flush_interval=3600) as s:
+        circular: list[object] = []
+        circular.append(circular)
+        s.on_delivered("a", "x" * 200)
+        s.on_delivered("b", circular)
+        s.on_delivered("c", nested(8 + 16 - 1))  # 24 levels with its leaf dict: just fits
+        s.flush()
+        assert set(s.load_last_values()) == {"c"}
+        reasons = sorted(d["reason"] for d in s.dead_letters())
+        assert "over the limit of 100 (worker.limits.max_bytes)" in reasons[0]
+        assert "nested more than 24 levels" in reasons[1]
+
+
+async def test_unstorable_results_and_dead_letter_payloads_are_refused_clearly(url: str) -> None:
+    with StateStore(url, flush_interval=3600) as store:
+        with pytest.raises(ValueError, match=r"graph 'g': result not stored: value is nested"):
+            await store.write_result("g", {"out": nested(200)})
+        await store.send(DeadLetter(kind="execution", reason="boom", payload=nested(200)))
+        (letter,) = store.dead_letters()
+        assert letter["payload"] is None
+        assert letter["reason"].startswith("boom (payload not stored: value is nested")
+
+
+def test_a_failed_batch_keeps_its_records_and_close_never_raises(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = StateStore(url, flush_interval=3600).open()
+    store.on_execution(record(fire=1))
+    real_write = store._write
+
+    def database_gone(*_args: object) -> None:
+        raise sa.exc.OperationalError("INSERT", {}, Exception("database is gone"))
+
+    monkeypatch.setattr(store, "_write", database_gone)
+    with pytest.raises(sa.exc.OperationalError):
+        store.flush()
+    assert store.health()["queued"] == 1, "a failed batch is kept for the next flush"
+    monkeypatch.setattr(store, "_write", real_write)
+    store.flush()
+    assert [e["fire"] for e in store.executions()] == [1]
+
+    store.on_execution(record(fire=2))
+    monkeypatch.setattr(store, "_write", database_gone)
+    store.close()  # raised before: the worker's SIGTERM then exited 1
+    assert store.health()["open"] is False
+    assert store.health()["status"] == "degraded" and store.dropped_executions == 1
