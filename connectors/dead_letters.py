@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
+
+from headrace.connectors.base import DeadLetterSink
 
 log = structlog.get_logger("headrace.dead_letters")
 
@@ -37,12 +39,6 @@ class DeadLetter:
 _LOGGED_FIELDS = tuple(f.name for f in fields(DeadLetter) if f.name != "payload")
 
 
-class DeadLetterSink(Protocol):
-    """Where dead letters go; ``send`` returns once the letter is durable."""
-
-    async def send(self, letter: DeadLetter) -> None: ...
-
-
 class MemoryDeadLetters:
     """Keeps dead letters in memory (default for in-process runtimes and tests)."""
 
@@ -66,3 +62,6 @@ class FanOutDeadLetters:
     async def send(self, letter: DeadLetter) -> None:
         for destination in self.destinations:
             await destination.send(letter)
+
+
+__all__ = ["DeadLetter", "DeadLetterSink", "FanOutDeadLetters", "MemoryDeadLetters"]

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -19,6 +19,7 @@ from headrace.accumulators import (
     get_accumulator,
     make_runner,
 )
+from headrace.connectors.base import Source
 from headrace.connectors.dead_letters import DeadLetter, DeadLetterSink, MemoryDeadLetters
 from headrace.connectors.sinks import Sink
 from headrace.engine.errors import GraphHalted, RuntimeConfigError
@@ -29,22 +30,6 @@ from headrace.engine.observers import Observers
 from headrace.reactors import Fire, ReactorLoop, ReactorSpec, find_reactor, reactor_name_of
 
 log = structlog.get_logger("headrace.runtime")
-
-
-class Source(Protocol):
-    """An external feed (e.g. Kafka) that drives some accumulators."""
-
-    accumulators: frozenset[str]
-
-    async def start(self, runtime: Runtime) -> None: ...
-
-    async def stop(self) -> None:
-        """Stop fetching; called first on shutdown."""
-
-    async def close(self) -> None:
-        """Commit and disconnect; called after reactors drained and sinks flushed."""
-
-    def health(self) -> dict[str, Any]: ...
 
 
 class Runtime:
