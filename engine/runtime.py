@@ -19,6 +19,7 @@ from headrace.accumulators import (
     get_accumulator,
     make_runner,
 )
+from headrace.accumulators.clock import SYSTEM_CLOCK, Clock
 from headrace.connectors.base import Source
 from headrace.connectors.dead_letters import DeadLetter, DeadLetterSink, MemoryDeadLetters
 from headrace.connectors.sinks import Sink
@@ -37,7 +38,8 @@ class Runtime:
 
     By default it runs every registered graph, the reactors they bind to and the
     accumulators those reactors watch. ``sinks`` receive every graph's results;
-    ``graph_sinks`` adds sinks for single graphs.
+    ``graph_sinks`` adds sinks for single graphs. ``clock`` times polling and batch
+    accumulators (tests pass ``headrace.testing.FakeClock``).
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class Runtime:
         sources: Sequence[Source] = (),
         observers: Sequence[Any] = (),
         channel_size: int | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._graph_refs = graphs
         self._reactor_refs = reactors
@@ -62,6 +65,7 @@ class Runtime:
         self.sources = list(sources)
         self.observers = Observers(list(observers))
         self.channel_size = channel_size
+        self.clock = clock
         self.graphs: dict[str, GraphRunner] = {}
         self.reactors: dict[str, ReactorLoop] = {}
         self.accumulators: dict[str, AccumulatorRunner] = {}
@@ -143,7 +147,7 @@ class Runtime:
                 reactor, reactor_channels, self._fire_handler(runners)
             )
         for name, spec in accumulator_specs.items():
-            runner = make_runner(spec, channels[name])
+            runner = make_runner(spec, channels[name], self.clock)
             runner.on_delivered = self.observers.on_delivered
             if isinstance(runner, BatchRunner):
                 runner.on_batch_failure = self._dead_letter_batch
