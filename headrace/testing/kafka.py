@@ -267,15 +267,46 @@ def produce_json(
     return [r for r in results if isinstance(r, tuple)]
 
 
-def consume_all(
+@dataclass(frozen=True)
+class KafkaRecord:
+    """One consumed record; ``headers`` decoded as UTF-8 (last value wins)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: Mapping[str, str]
+
+    def json(self) -> Any:
+        return json.loads(self.value)
+
+
+def _wait_for_partitions(bootstrap: str, topic: str, deadline: float) -> list[int]:
+    """The partitions of ``topic``, waiting for it to exist (a dead-letter topic appears
+    with its first letter)."""
+    admin = _admin(bootstrap)
+    while True:
+        md = admin.list_topics(topic=topic, timeout=5).topics.get(topic)
+        if md is not None and md.error is None and md.partitions:
+            return sorted(md.partitions)
+        if time.monotonic() >= deadline:
+            reason = md.error if md is not None else "not in metadata"
+            raise AssertionError(f"topic {topic} does not exist ({reason})")
+        time.sleep(0.2)
+
+
+def consume_messages(
     bootstrap: str, topic: str, expected_count: int, timeout: float = 30.0
-) -> list[Record]:
+) -> list[KafkaRecord]:
     """Read ``topic`` from the beginning of every partition until ``expected_count`` records.
 
-    Uses manual assignment (no group join, commits nothing). Raises ``AssertionError``
-    listing what arrived when fewer records come within ``timeout``. Sorted by
-    (partition, offset).
+    Waits for the topic to exist; uses manual assignment (no group join, commits nothing).
+    Raises ``AssertionError`` listing what arrived when fewer records come within
+    ``timeout``. Sorted by (partition, offset).
     """
+    deadline = time.monotonic() + timeout
+    partitions = _wait_for_partitions(bootstrap, topic, deadline)
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -285,10 +316,9 @@ def consume_all(
             "isolation.level": "read_committed",
         }
     )
-    records: list[Record] = []
+    records: list[KafkaRecord] = []
     try:
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions_of(bootstrap, topic)])
-        deadline = time.monotonic() + timeout
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
         while len(records) < expected_count and time.monotonic() < deadline:
             msg = consumer.poll(0.2)
             if msg is None:
@@ -297,25 +327,39 @@ def consume_all(
                 if msg.error().code() == KafkaError._PARTITION_EOF:
                     continue
                 raise KafkaException(msg.error())
-            records.append((msg.key(), msg.value() or b"", msg.partition(), msg.offset()))
+            headers = {
+                name: (raw or b"").decode("utf-8", "replace") for name, raw in (msg.headers() or [])
+            }
+            records.append(
+                KafkaRecord(
+                    topic, msg.partition(), msg.offset(), msg.key(), msg.value() or b"", headers
+                )
+            )
     finally:
         consumer.close()
-    records.sort(key=lambda r: (r[2], r[3]))
+    records.sort(key=lambda r: (r.partition, r.offset))
     assert len(records) >= expected_count, (
         f"expected {expected_count} records on {topic}, got {len(records)} in {timeout}s: "
-        f"{records!r}"
+        f"{[(r.key, r.value, r.partition, r.offset) for r in records]!r}"
     )
     return records
+
+
+def consume_all(
+    bootstrap: str, topic: str, expected_count: int, timeout: float = 30.0
+) -> list[Record]:
+    """:func:`consume_messages` as ``(key, value, partition, offset)`` tuples."""
+    return [
+        (r.key, r.value, r.partition, r.offset)
+        for r in consume_messages(bootstrap, topic, expected_count, timeout)
+    ]
 
 
 def consume_json(
     bootstrap: str, topic: str, expected_count: int, timeout: float = 30.0
 ) -> list[Any]:
-    """:func:`consume_all`, values decoded from JSON."""
-    return [
-        json.loads(value)
-        for _, value, _, _ in consume_all(bootstrap, topic, expected_count, timeout)
-    ]
+    """:func:`consume_messages`, values decoded from JSON."""
+    return [r.json() for r in consume_messages(bootstrap, topic, expected_count, timeout)]
 
 
 def committed_offsets(

@@ -19,9 +19,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from headrace.testing.kafka import KafkaRecord
 
 KeyArg = bytes | str | Callable[[Any], bytes | str | None] | None
 
@@ -163,9 +166,17 @@ class HeadraceWorker:
         except AssertionError as exc:
             raise WorkerError(f"{exc}\n{self.output()}") from None
 
-    def dead_letters(self, topic: str, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
-        """``count`` dead letters from a Kafka dead-letter topic, decoded."""
-        return self.wait_for_outputs(topic, count, timeout)
+    def dead_letters(self, topic: str, count: int, timeout: float = 60.0) -> list[KafkaRecord]:
+        """The first ``count`` records of a dead-letter topic: ``<source topic>.dlq`` for
+        bad messages (original bytes; headers ``error``, ``source.topic``,
+        ``source.partition``, ``source.offset``, ``accumulator``) or the execution topic
+        (JSON with graph, node, reason, inputs)."""
+        from headrace.testing.kafka import consume_messages
+
+        try:
+            return consume_messages(self._bootstrap(), topic, count, timeout)
+        except AssertionError as exc:
+            raise WorkerError(f"{exc}\n{self.output()}") from None
 
     # -- HTTP ----------------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
