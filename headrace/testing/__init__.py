@@ -32,12 +32,13 @@ if TYPE_CHECKING:
         produce_json,
         unique_topic,
     )
-    from headrace.testing.worker import HeadraceWorker, WorkerError
+    from headrace.testing.worker import HeadraceWorker, InProcessWorker, WorkerError
 
 _LAZY = {
     "Broker": "headrace.testing.kafka",
     "FakeClock": "headrace.testing.clock",
     "HeadraceWorker": "headrace.testing.worker",
+    "InProcessWorker": "headrace.testing.worker",
     "KafkaRecord": "headrace.testing.kafka",
     "LOCAL_KAFKA_DIR": "headrace.testing.kafka",
     "LOCAL_KAFKA_SCRIPT": "headrace.testing.kafka",
@@ -75,6 +76,7 @@ __all__ = [
     "Broker",
     "FakeClock",
     "HeadraceWorker",
+    "InProcessWorker",
     "KafkaRecord",
     "MemoryRuntime",
     "NoBrokerError",

@@ -21,7 +21,7 @@ from headrace.testing.infra import unavailable
 
 if TYPE_CHECKING:
     from headrace.testing.kafka import Broker
-    from headrace.testing.worker import HeadraceWorker
+    from headrace.testing.worker import HeadraceWorker, InProcessWorker
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -91,14 +91,17 @@ def kafka_topic(
 
 
 @pytest.fixture
-def headrace_worker(request: pytest.FixtureRequest) -> Iterator[Callable[..., HeadraceWorker]]:
-    """Factory: ``headrace_worker(*toml_files, env=None, cwd=None, token=None, kafka=True)``
-    starts ``headrace run`` in a subprocess and returns a ``HeadraceWorker``. With
-    ``kafka`` (default) it gets the session broker as ``KAFKA_BOOTSTRAP_SERVERS``. Workers
-    still running at the end are killed."""
-    from headrace.testing.worker import HeadraceWorker
+def headrace_worker(
+    request: pytest.FixtureRequest,
+) -> Iterator[Callable[..., HeadraceWorker | InProcessWorker]]:
+    """Factory: ``headrace_worker(*toml_files, env=None, cwd=None, token=None, kafka=True,
+    in_process=False)`` starts ``headrace run`` in a subprocess (a ``HeadraceWorker``), or
+    the same worker in this process (an ``InProcessWorker``). With ``kafka`` (default) it
+    gets the session broker as ``KAFKA_BOOTSTRAP_SERVERS``. Workers still running at the
+    end are killed; in-process declarations are undone."""
+    from headrace.testing.worker import HeadraceWorker, InProcessWorker
 
-    started: list[HeadraceWorker] = []
+    started: list[HeadraceWorker | InProcessWorker] = []
 
     def start(
         *files: str | Path,
@@ -106,15 +109,21 @@ def headrace_worker(request: pytest.FixtureRequest) -> Iterator[Callable[..., He
         cwd: str | Path | None = None,
         token: str | None = None,
         kafka: bool = True,
-    ) -> HeadraceWorker:
+        in_process: bool = False,
+    ) -> HeadraceWorker | InProcessWorker:
         env = dict(env or {})
         bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS")
         if kafka and bootstrap is None:
             bootstrap = request.getfixturevalue("kafka_bootstrap")
-        worker = HeadraceWorker(files, env=env, cwd=cwd, bootstrap=bootstrap, token=token)
+        worker: HeadraceWorker | InProcessWorker
+        if in_process:
+            worker = InProcessWorker(files, env=env, bootstrap=bootstrap, token=token)
+        else:
+            worker = HeadraceWorker(files, env=env, cwd=cwd, bootstrap=bootstrap, token=token)
         started.append(worker)
         return worker
 
-    yield start
-    for worker in started:
-        worker.kill()
+    with default_registry.isolated():
+        yield start
+        for worker in started:
+            worker.kill()

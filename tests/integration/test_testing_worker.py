@@ -1,0 +1,59 @@
+"""``headrace_worker`` of the testing toolkit: the in-process variant against the real
+broker, and a worker that cannot start reported with its exit code and output."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from headrace.registry import default_registry
+from headrace.testing import WorkerError
+from tests.fixtures import REPO_ROOT
+
+USER_PROJECT = REPO_ROOT / "examples" / "user_project"
+
+
+@pytest.mark.kafka
+def test_in_process_worker_fires_serves_http_and_stops_cleanly(
+    kafka_topic: Callable[..., str],
+    headrace_worker: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(USER_PROJECT))  # price_alerts, as if installed
+    prices, alerts = kafka_topic(partitions=2), kafka_topic()
+    worker = headrace_worker(
+        USER_PROJECT / "price_alerts.toml",
+        env={
+            "PRICES_TOPIC": prices,
+            "ALERTS_TOPIC": alerts,
+            "PRICE_ALERTS_GROUP": f"in-process-{prices}",
+            "HEADRACE_STATE_STORE_URL": f"sqlite:///{tmp_path / 'state.db'}",
+        },
+        in_process=True,
+    )
+    worker.ready()
+    assert default_registry.find_graph("price_alerts") is not None  # this process's registry
+    worker.produce_json(prices, [{"symbol": "ACME", "price": p} for p in (1.0, 150.0, 99.0)])
+    outputs = worker.wait_for_outputs(alerts, 3)
+    assert sorted(o["alert"]["alert"] for o in outputs) == [False, False, True]
+    assert worker.health()["price_alerts"]["fire_count"] == 3
+    assert "headrace_executions_total" in worker.metrics()
+    assert worker.stop() == 0
+
+
+def test_a_worker_that_cannot_start_reports_its_exit_code_and_output(
+    headrace_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    config = tmp_path / "broken.toml"
+    config.write_text('modules = ["no_such_module_here"]\n')
+    worker = headrace_worker(config, kafka=False)
+    with pytest.raises(WorkerError) as raised:
+        worker.ready(timeout=60)
+    message = str(raised.value)
+    assert "worker exited with 2 before logging 'worker ready'" in message
+    assert "no_such_module_here" in message
+    assert worker.stop() == 2
