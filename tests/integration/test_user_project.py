@@ -71,9 +71,13 @@ def test_user_project_passes_against_the_installed_wheel(
     venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
     python = str(env_dir / "bin" / "python")
     project = outside / "price_alerts_project"
-    shutil.copytree(USER_PROJECT, project, ignore=shutil.ignore_patterns("__pycache__", "*.db"))
+    shutil.copytree(
+        USER_PROJECT,
+        project,
+        ignore=shutil.ignore_patterns("__pycache__", "*.db", "build", "*.egg-info"),
+    )
     _run(
-        [python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+        [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile",
          f"{wheel}[testing]", f"{project}[test]"],
         outside,
         env,
