@@ -15,6 +15,7 @@ import subprocess
 import sys
 import venv
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -46,9 +47,17 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
-def test_user_project_passes_against_the_installed_wheel(
-    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+@dataclass(frozen=True)
+class Installed:
+    """The fresh venv (outside the repository) holding the wheel and the user project."""
+
+    python: str
+    project: Path
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     outside = tmp_path_factory.mktemp("user-project-run")
     assert REPO_ROOT not in outside.parents
     env = _clean_env()
@@ -90,12 +99,17 @@ def test_user_project_passes_against_the_installed_wheel(
         60,
     )
     assert where.strip().startswith(str(env_dir)), where
+    return Installed(python, project, env)
 
-    # -- the user's suite, from outside the checkout, against the session broker
-    env |= {"CI": "true", "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+
+def test_user_project_passes_against_the_installed_wheel(
+    kafka_bootstrap: str, installed: Installed
+) -> None:
+    """The user's suite, from outside the checkout, against the session broker."""
+    env = installed.env | {"CI": "true", "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
     proc = subprocess.run(
-        [python, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "tests"],
-        cwd=project,
+        [installed.python, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "tests"],
+        cwd=installed.project,
         env=env,
         capture_output=True,
         text=True,
@@ -108,3 +122,23 @@ def test_user_project_passes_against_the_installed_wheel(
     assert re.search(r"plugins: .*headrace-0\.1\.0", report), report
     assert re.search(r"\b3 passed\b", report) and "skipped" not in report, report
     assert str(REPO_ROOT) not in report.split("rootdir:", 1)[1].splitlines()[0]
+
+
+def test_the_installed_wheel_starts_its_packaged_local_broker(installed: Installed) -> None:
+    """No KAFKA_BOOTSTRAP_SERVERS, no Docker: the plugin's fallback, the local broker whose
+    script, pom.xml and config come from the installed package, answers and stops."""
+    code = (
+        "from headrace.testing.kafka import LOCAL_KAFKA_SCRIPT, broker_answers, "
+        "start_local_broker\n"
+        "broker = start_local_broker()\n"
+        "print('script=' + str(LOCAL_KAFKA_SCRIPT))\n"
+        "print('answers=' + str(broker_answers(broker.bootstrap)))\n"
+        "broker.stop()\n"
+        "print('gone=' + str(broker_answers(broker.bootstrap, timeout=3) is not None))\n"
+    )
+    env = {k: v for k, v in installed.env.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    out = _run([installed.python, "-c", code], installed.project, env, 420)
+    lines = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    assert lines["script"].startswith(str(Path(installed.python).parents[1])), out
+    assert lines["answers"] == "None", out
+    assert lines["gone"] == "True", out
