@@ -127,3 +127,6 @@ def headrace_worker(
         yield start
         for worker in started:
             worker.kill()
+    for worker in started:
+        if isinstance(worker, InProcessWorker):
+            worker.forget_modules()

@@ -277,7 +277,10 @@ class InProcessWorker(_WorkerClient):
         if bootstrap is not None:
             environ["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
         environ.update(env or {})
+        before = set(sys.modules)
         self.worker = Worker(load_config(self.files, environ=environ), install_signals=False)
+        self.imported = sorted(set(sys.modules) - before)
+        """Modules the config's ``modules = [...]`` imported (see ``forget_modules``)."""
         self.exit_code: int | None = None
         self.error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -332,3 +335,32 @@ class InProcessWorker(_WorkerClient):
         if self._thread.is_alive():
             with contextlib.suppress(Exception):
                 self.stop(timeout=30)
+
+    def forget_modules(self) -> list[str]:
+        """Drop from ``sys.modules`` the declaring modules this worker's config imported,
+        so the next in-process worker imports them again and re-registers their
+        accumulators, reactors and graphs (after the registry was restored). Returns them.
+        """
+        dropped = [name for name in self.imported if _declares(sys.modules.get(name))]
+        for name in dropped:
+            del sys.modules[name]
+        return dropped
+
+
+def _declares(module: Any) -> bool:
+    """The module defines a Headrace accumulator, reactor or graph at its top level."""
+    from headrace.engine.graph.builder import ComputationGraphBuilder
+
+    if module is None:
+        return False
+    for value in list(vars(module).values()):
+        try:
+            if (
+                isinstance(value, ComputationGraphBuilder)
+                or hasattr(value, "__headrace_reactor__")
+                or hasattr(value, "__headrace_accumulator__")
+            ):
+                return True
+        except Exception:  # an object whose attribute lookup raises is not a declaration
+            continue
+    return False

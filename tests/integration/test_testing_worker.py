@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from headrace.registry import default_registry
-from headrace.testing import WorkerError
+from headrace.testing import InProcessWorker, WorkerError
 from tests.fixtures import REPO_ROOT
 
 USER_PROJECT = REPO_ROOT / "examples" / "user_project"
@@ -43,6 +43,36 @@ def test_in_process_worker_fires_serves_http_and_stops_cleanly(
     assert worker.health()["price_alerts"]["fire_count"] == 3
     assert "headrace_executions_total" in worker.metrics()
     assert worker.stop() == 0
+
+
+@pytest.mark.kafka
+def test_in_process_workers_one_after_another_each_load_the_config_modules(
+    kafka_bootstrap: str,
+    kafka_topic: Callable[..., str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The registry is restored after each worker; ``forget_modules`` lets the next one
+    import ``price_alerts.graph`` again, so its graph is declared again."""
+    monkeypatch.syspath_prepend(str(USER_PROJECT))
+    prices, alerts = kafka_topic(), kafka_topic()
+    env = {
+        "PRICES_TOPIC": prices,
+        "ALERTS_TOPIC": alerts,
+        "PRICE_ALERTS_GROUP": f"in-process-twice-{prices}",
+        "HEADRACE_STATE_STORE_URL": f"sqlite:///{tmp_path / 'state.db'}",
+    }
+    for run in (1, 2):
+        with default_registry.isolated():
+            worker = InProcessWorker(
+                [USER_PROJECT / "price_alerts.toml"], env=env, bootstrap=kafka_bootstrap
+            )
+            worker.ready()
+            worker.produce_json(prices, [{"symbol": "ACME", "price": 100.0 + run}])
+            assert len(worker.wait_for_outputs(alerts, run)) == run
+            assert worker.stop() == 0
+        assert default_registry.find_graph("price_alerts") is None
+        assert worker.forget_modules() == ["price_alerts.graph"]
 
 
 def test_a_worker_that_cannot_start_reports_its_exit_code_and_output(
