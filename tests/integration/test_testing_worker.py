@@ -11,6 +11,7 @@ import pytest
 
 from headrace.registry import default_registry
 from headrace.testing import InProcessWorker, WorkerError
+from headrace.testing.kafka import partitions_of
 from tests.fixtures import REPO_ROOT
 
 USER_PROJECT = REPO_ROOT / "examples" / "user_project"
@@ -25,6 +26,7 @@ def test_in_process_worker_fires_serves_http_and_stops_cleanly(
 ) -> None:
     monkeypatch.syspath_prepend(str(USER_PROJECT))  # price_alerts, as if installed
     prices, alerts = kafka_topic(partitions=2), kafka_topic()
+    assert prices != alerts and prices.startswith("test_in_process_worker_fires")
     worker = headrace_worker(
         USER_PROJECT / "price_alerts.toml",
         env={
@@ -36,6 +38,7 @@ def test_in_process_worker_fires_serves_http_and_stops_cleanly(
         in_process=True,
     )
     worker.ready()
+    assert partitions_of(worker.bootstrap, prices) == [0, 1]
     assert default_registry.find_graph("price_alerts") is not None  # this process's registry
     worker.produce_json(prices, [{"symbol": "ACME", "price": p} for p in (1.0, 150.0, 99.0)])
     outputs = worker.wait_for_outputs(alerts, 3)

@@ -26,7 +26,7 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/../../.." && pwd)"  # the repository (or site-packages' parent when installed)
+ROOT="$(cd "$HERE/../../.." && pwd)"  # the repository (site-packages when installed)
 LIBS="${HEADRACE_KAFKA_LIBS:-${HOME:-/root}/.cache/headrace/kafka-libs}"
 STATE="${HEADRACE_KAFKA_STATE:-/tmp/headrace-kafka}"
 START_TIMEOUT="${HEADRACE_KAFKA_START_TIMEOUT:-120}"
