@@ -19,6 +19,7 @@ from headrace.accumulators.channel import (
     SharedAck,
     settle,
 )
+from headrace.accumulators.clock import SYSTEM_CLOCK, Clock
 from headrace.accumulators.spec import AccumulatorInputError, AccumulatorKind, AccumulatorSpec
 
 log = structlog.get_logger("headrace.accumulators")
@@ -151,8 +152,11 @@ class AccumulatorRunner:
 class PollingRunner(AccumulatorRunner):
     """Calls the function every ``interval`` seconds and delivers non-``None`` results."""
 
-    def __init__(self, spec: AccumulatorSpec, channels: list[Channel]) -> None:
+    def __init__(
+        self, spec: AccumulatorSpec, channels: list[Channel], clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         super().__init__(spec, channels)
+        self.clock = clock
         self._task: asyncio.Task[None] | None = None
 
     async def poll_once(self) -> None:
@@ -174,9 +178,9 @@ class PollingRunner(AccumulatorRunner):
     async def _loop(self) -> None:
         interval = self.spec.interval or 5.0
         while True:
-            started = time.monotonic()
+            started = self.clock.monotonic()
             await self.poll_once()
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+            await self.clock.sleep(max(0.0, interval - (self.clock.monotonic() - started)))
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"poll:{self.name}")
@@ -209,8 +213,11 @@ class BatchRunner(AccumulatorRunner):
     flushes, holding new events back meanwhile (``has_space`` is false).
     """
 
-    def __init__(self, spec: AccumulatorSpec, channels: list[Channel]) -> None:
+    def __init__(
+        self, spec: AccumulatorSpec, channels: list[Channel], clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         super().__init__(spec, channels)
+        self.clock = clock
         self.capacity = spec.max_buffer_size or DEFAULT_BATCH_CAP
         self._events: list[Any] = []
         self._acks: list[Ack] = []
@@ -337,7 +344,7 @@ class BatchRunner(AccumulatorRunner):
         interval = self.spec.flush_interval or 1.0
         delay = interval
         while True:
-            await asyncio.sleep(delay)
+            await self.clock.sleep(delay)
             try:
                 await self.flush()
             except (AccumulatorInputError, ChannelClosedError):
@@ -386,10 +393,12 @@ class BatchRunner(AccumulatorRunner):
         }
 
 
-def make_runner(spec: AccumulatorSpec, channels: list[Channel]) -> AccumulatorRunner:
-    """The runner class that fits the accumulator's kind."""
-    runner_class = {
-        AccumulatorKind.POLLING: PollingRunner,
-        AccumulatorKind.BATCH: BatchRunner,
-    }.get(spec.kind, AccumulatorRunner)
-    return runner_class(spec, channels)
+def make_runner(
+    spec: AccumulatorSpec, channels: list[Channel], clock: Clock = SYSTEM_CLOCK
+) -> AccumulatorRunner:
+    """The runner class that fits the accumulator's kind; ``clock`` times polls and flushes."""
+    if spec.kind is AccumulatorKind.POLLING:
+        return PollingRunner(spec, channels, clock)
+    if spec.kind is AccumulatorKind.BATCH:
+        return BatchRunner(spec, channels, clock)
+    return AccumulatorRunner(spec, channels)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from headrace.connectors.base import Source
 from headrace.connectors.dead_letters import (
     DeadLetter,
     DeadLetterSink,
@@ -65,6 +66,7 @@ __all__ = [
     "OffsetTracker",
     "ResultStore",
     "Sink",
+    "Source",
     "StoreSink",
     "json_serializer",
 ]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
+
+from headrace.connectors.base import DeadLetterSink
 
 log = structlog.get_logger("headrace.dead_letters")
 
@@ -90,12 +92,6 @@ async def send_with_fallback(destination: DeadLetterSink, letter: DeadLetter) ->
         return cut
 
 
-class DeadLetterSink(Protocol):
-    """Where dead letters go; ``send`` returns once the letter is durable."""
-
-    async def send(self, letter: DeadLetter) -> None: ...
-
-
 class MemoryDeadLetters:
     """Keeps dead letters in memory (default for in-process runtimes and tests)."""
 
@@ -130,3 +126,6 @@ class FanOutDeadLetters:
                 log.warning("dead letter destination failed", error=errors[-1], **where(letter))
         if len(errors) == len(self.destinations):
             raise DeadLetterError("no dead-letter destination took it: " + "; ".join(errors))
+
+
+__all__ = ["DeadLetter", "DeadLetterSink", "FanOutDeadLetters", "MemoryDeadLetters"]

@@ -6,27 +6,17 @@ import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import structlog
+
+from headrace.connectors.base import ResultStore, Sink
 
 log = structlog.get_logger("headrace.sinks")
 
 
 class SinkClosedError(RuntimeError):
     """A result was handed to a sink after it was closed."""
-
-
-@runtime_checkable
-class Sink(Protocol):
-    """A destination for graph results."""
-
-    async def send(self, graph: str, outputs: dict[str, Any]) -> None:
-        """Deliver one execution's terminal outputs; return once they are durable."""
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
 
 
 class BaseSink:
@@ -73,13 +63,6 @@ class MemorySink(BaseSink):
         return self.results
 
 
-class ResultStore(Protocol):
-    """Anything that keeps graph results, e.g. ``headrace.engine.store.state_store.StateStore``."""
-
-    async def write_result(self, graph: str, outputs: dict[str, Any]) -> None:
-        """Keep one execution's terminal outputs; return once they are durable."""
-
-
 class StoreSink(BaseSink):
     """Writes every result to a store (the worker's state store for ``type = "state_store"``).
 
@@ -98,3 +81,6 @@ class LogSink(BaseSink):
 
     async def send(self, graph: str, outputs: dict[str, Any]) -> None:
         log.info("graph result", graph=graph, outputs=outputs)
+
+
+__all__ = ["BaseSink", "CallbackSink", "LogSink", "MemorySink", "ResultStore", "Sink", "StoreSink"]

@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from functools import partial
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -20,6 +20,8 @@ from headrace.accumulators import (
     get_accumulator,
     make_runner,
 )
+from headrace.accumulators.clock import SYSTEM_CLOCK, Clock
+from headrace.connectors.base import Source
 from headrace.connectors.dead_letters import DeadLetter, DeadLetterSink, MemoryDeadLetters
 from headrace.connectors.sinks import Sink
 from headrace.engine.errors import GraphHalted, RuntimeConfigError
@@ -33,28 +35,13 @@ from headrace.reactors import Fire, ReactorLoop, ReactorSpec, find_reactor, reac
 log = structlog.get_logger("headrace.runtime")
 
 
-class Source(Protocol):
-    """An external feed (e.g. Kafka) that drives some accumulators."""
-
-    accumulators: frozenset[str]
-
-    async def start(self, runtime: Runtime) -> None: ...
-
-    async def stop(self) -> None:
-        """Stop fetching; called first on shutdown."""
-
-    async def close(self) -> None:
-        """Commit and disconnect; called after reactors drained and sinks flushed."""
-
-    def health(self) -> dict[str, Any]: ...
-
-
 class Runtime:
     """Runs graphs in this process. Use ``async with Runtime(...) as runtime``.
 
     By default it runs every registered graph, the reactors they bind to and the
     accumulators those reactors watch. ``sinks`` receive every graph's results;
-    ``graph_sinks`` adds sinks for single graphs.
+    ``graph_sinks`` adds sinks for single graphs. ``clock`` times polling and batch
+    accumulators (tests pass ``headrace.testing.FakeClock``).
     """
 
     def __init__(
@@ -70,6 +57,7 @@ class Runtime:
         observers: Sequence[Any] = (),
         channel_size: int | None = None,
         redelivery_timeout: float = 30.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._graph_refs = graphs
         self._reactor_refs = reactors
@@ -81,6 +69,7 @@ class Runtime:
         self.observers = Observers(list(observers))
         self.channel_size = channel_size
         self.redelivery_timeout = redelivery_timeout
+        self.clock = clock
         self.graphs: dict[str, GraphRunner] = {}
         self.reactors: dict[str, ReactorLoop] = {}
         self.accumulators: dict[str, AccumulatorRunner] = {}
@@ -165,7 +154,7 @@ class Runtime:
                 reactor, reactor_channels, self._fire_handler(runners)
             )
         for name, spec in accumulator_specs.items():
-            runner = make_runner(spec, channels[name])
+            runner = make_runner(spec, channels[name], self.clock)
             runner.on_delivered = self.observers.on_delivered
             if isinstance(runner, BatchRunner):
                 runner.on_batch_failure = self._dead_letter_batch

@@ -34,7 +34,8 @@ from headrace.engine import (
     RuntimeConfigError,
     node,
 )
-from headrace.reactors import ReactorInUseError, reactor
+from headrace.reactors import reactor
+from headrace.registry import ReactorInUseError, Registry, default_registry
 
 if TYPE_CHECKING:
     from headrace.connectors.kafka.dead_letters import KafkaDeadLetters
@@ -78,6 +79,7 @@ __all__ = [
     "MemorySink",
     "NodeExecutionError",
     "ReactorInUseError",
+    "Registry",
     "RetryPolicy",
     "RoutingError",
     "Runtime",
@@ -85,6 +87,7 @@ __all__ = [
     "Sink",
     "__version__",
     "batch_accumulator",
+    "default_registry",
     "node",
     "passthrough_accumulator",
     "polling_accumulator",

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from headrace.registry import ReactorInUseError as ReactorInUseError
+from headrace.registry import default_registry
+
 
 class ReactionMode(StrEnum):
     WHEN_ANY = "when_any"
@@ -18,10 +21,6 @@ class InputStrategy(StrEnum):
     SEQUENTIAL = "sequential"
 
 
-class ReactorInUseError(RuntimeError):
-    """A reactor still has graphs bound to it and cannot be unloaded."""
-
-
 @dataclass(frozen=True)
 class ReactorSpec:
     """A declared reactor: the accumulators it watches and how it decides to fire."""
@@ -31,9 +30,6 @@ class ReactorSpec:
     mode: ReactionMode = ReactionMode.WHEN_ANY
     strategy: InputStrategy = InputStrategy.LATEST
 
-
-_reactors: dict[str, ReactorSpec] = {}
-_bindings: dict[str, set[str]] = {}
 
 C = TypeVar("C")
 
@@ -98,54 +94,43 @@ def reactor_name_of(reactor_ref: Any) -> str:
     raise TypeError(f"reactor must be a @reactor class or a reactor name, got {reactor_ref!r}")
 
 
+# -- module-level functions over headrace.registry.default_registry -------------------
 def register_reactor(spec: ReactorSpec) -> None:
-    _reactors[spec.name] = spec
+    default_registry.register_reactor(spec)
 
 
 def get_reactor(name: str) -> ReactorSpec:
-    try:
-        return _reactors[name]
-    except KeyError:
-        known = ", ".join(sorted(_reactors)) or "none"
-        raise KeyError(f"unknown reactor {name!r} (registered: {known})") from None
+    return default_registry.get_reactor(name)
 
 
 def find_reactor(name: str) -> ReactorSpec | None:
-    return _reactors.get(name)
+    return default_registry.find_reactor(name)
 
 
 def registered_reactors() -> dict[str, ReactorSpec]:
-    return dict(_reactors)
+    return default_registry.reactors()
 
 
 def bind_graph(reactor_name: str, graph_name: str) -> None:
     """Record that ``graph_name`` is bound to ``reactor_name`` (the reactor may come later)."""
-    for graphs in _bindings.values():
-        graphs.discard(graph_name)
-    _bindings.setdefault(reactor_name, set()).add(graph_name)
+    default_registry.bind(reactor_name, graph_name)
 
 
 def unbind_graph(graph_name: str) -> None:
-    for graphs in _bindings.values():
-        graphs.discard(graph_name)
+    default_registry.unbind(graph_name)
 
 
 def bound_graphs(reactor_name: str) -> list[str]:
-    return sorted(_bindings.get(reactor_name, ()))
+    return default_registry.bound_graphs(reactor_name)
 
 
 def unload_reactor(name: str) -> None:
-    """Remove a reactor; refused while graphs are bound to it."""
-    graphs = bound_graphs(name)
-    if graphs:
-        raise ReactorInUseError(
-            f"reactor {name!r} cannot be unloaded: graphs {graphs} are bound to it; "
-            "unload those graphs first"
-        )
-    get_reactor(name)
-    del _reactors[name]
+    """Remove a reactor; refused (``ReactorInUseError``) while graphs are bound to it."""
+    default_registry.unregister_reactor(name)
 
 
 def clear_reactors() -> None:
-    _reactors.clear()
-    _bindings.clear()
+    """Forget every reactor and every binding (graphs stay registered)."""
+    default_registry.clear_bindings()
+    for name in default_registry.reactors():
+        default_registry.unregister_reactor(name)

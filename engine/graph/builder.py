@@ -2,87 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
 from types import TracebackType
 from typing import Any
 
 from headrace.accumulators import parse_duration
 from headrace.engine.errors import GraphDefinitionError
 from headrace.engine.graph.executor import GraphExecutor
+from headrace.engine.graph.model import ComputationGraph, OnError, RetryPolicy
 from headrace.engine.graph.nodes import NodeCollector, NodeFunction, pop_builder, push_builder
 from headrace.engine.graph.registry import register_graph
-from headrace.engine.graph.topology import Topology, parse_topology
-from headrace.reactors import ReactorSpec, find_reactor, reactor_name_of
+from headrace.engine.graph.topology import parse_topology
+from headrace.reactors import find_reactor, reactor_name_of
 
-
-class OnError(StrEnum):
-    DEAD_LETTER = "dead_letter"
-    STOP = "stop"
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often a failing execution is tried, and how long to wait between tries."""
-
-    attempts: int = 1
-    backoff: float = 0.1
-    max_backoff: float = 5.0
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError(f"retry attempts must be >= 1, got {self.attempts}")
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed ``attempt`` (1-based): exponential, capped."""
-        return min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
-
-
-@dataclass
-class ComputationGraph:
-    """A registered graph: its topology, executor, reactor binding and error policy."""
-
-    name: str
-    reactor_name: str
-    topology: Topology
-    executor: GraphExecutor
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    on_error: OnError = OnError.DEAD_LETTER
-
-    def check_reactor(self, spec: ReactorSpec) -> None:
-        """Entry inputs must be accumulators the reactor watches."""
-        foreign = [i for i in self.topology.input_names if i not in spec.accumulators]
-        if foreign:
-            node = next(
-                n
-                for n in self.topology.entries
-                if any(i in foreign for i in self.topology.shapes[n].inputs)
-            )
-            raise GraphDefinitionError(
-                self.name,
-                f"inputs {foreign} are not accumulators of reactor {spec.name!r} "
-                f"(it watches {list(spec.accumulators)})",
-                node,
-            )
-
-    async def execute_async(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        self.executor.check_inputs(inputs)
-        return await self.executor.run(inputs)
-
-    def execute(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        self.executor.check_inputs(inputs)
-        if not self.executor.is_async:
-            return self.executor.run_sync(inputs)
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.executor.run(inputs))
-        raise RuntimeError(
-            f"graph {self.name!r}: execute() called inside a running event loop; "
-            "use 'await builder.execute_async(inputs)'"
-        )
+__all__ = ["ComputationGraph", "ComputationGraphBuilder", "OnError", "RetryPolicy"]
 
 
 class ComputationGraphBuilder(NodeCollector):

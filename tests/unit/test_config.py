@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import sys
 import textwrap
 import uuid
@@ -12,16 +11,15 @@ from pathlib import Path
 
 import pytest
 
-import headrace.accumulators.registry
-import headrace.engine.graph.registry
-import headrace.reactors.declaration
 from headrace.connectors import StoreSink
 from headrace.engine.config.loader import LoadedConfig, load_config
 from headrace.engine.config.schema import ConfigError, ConfigIssue, interpolate
+from headrace.engine.graph.registry import clear_graphs
 from headrace.engine.store.state_store import (
     StateStore,
 )  # imported once: the autouse fixture drops new modules
 from headrace.engine.worker import Worker
+from headrace.registry import default_registry
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -251,23 +249,12 @@ def test_interpolate_reports_each_missing_variable_with_its_path() -> None:
 @contextlib.contextmanager
 def fresh_process() -> Iterator[None]:
     """Registries and imported modules as they were before, like a new worker process."""
-    registries = (
-        headrace.accumulators.registry._accumulators,
-        headrace.reactors.declaration._reactors,
-        headrace.reactors.declaration._bindings,
-        headrace.engine.graph.registry._graphs,
-    )
-    saved = [
-        copy.deepcopy(r) if r is headrace.reactors.declaration._bindings else dict(r)
-        for r in registries
-    ]
+    saved = default_registry.snapshot()
     modules = set(sys.modules)
     try:
         yield
     finally:
-        for registry, snapshot in zip(registries, saved, strict=True):
-            registry.clear()
-            registry.update(snapshot)
+        default_registry.restore(saved)
         for name in set(sys.modules) - modules:
             del sys.modules[name]
 
@@ -287,7 +274,7 @@ def test_examples_validate(files: str) -> None:
         for name in list(sys.modules):
             if name == "examples" or name.startswith("examples."):
                 del sys.modules[name]
-        headrace.engine.graph.registry._graphs.clear()
+        clear_graphs()
         config = load_config([str(EXAMPLES / f) for f in files.split()], environ={})
         assert set(config.graphs) == EXAMPLE_CONFIGS[files]
 

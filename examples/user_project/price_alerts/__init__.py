@@ -1,0 +1,1 @@
+"""Price alerts: a sample Headrace user project."""
