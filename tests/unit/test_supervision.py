@@ -119,7 +119,7 @@ async def test_the_runtime_supervises_runner_tasks_and_health_shows_the_failure(
     async with Runtime(graphs=["g"]) as runtime:
         app = create_app(runtime)
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://w") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             ok = await client.get("/v1/health/ready")
             assert ok.status_code == 200 and ok.json()["ready"] is True
             runtime.accumulators["p"]._task.cancel()  # the poll loop dies under the runtime
