@@ -1,7 +1,8 @@
 """The ``headrace`` command: run a worker, validate config files, show graphs.
 
-Exit codes: 0 ok; 1 the worker failed at run time (could not start, a graph halted, the
-drain did not finish); 2 the config files or the command line are wrong (nothing started).
+Exit codes: 0 ok; 1 the worker failed at run time (could not start, a graph halted, a
+component failed, the drain did not finish); 2 the config files or the command line are
+wrong (nothing started).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ EPILOG = """\
 exit codes:
   0  success (run: drained and stopped cleanly after SIGTERM/SIGINT)
   1  run-time failure (could not start, a graph halted with on_error = "stop",
-     the drain did not finish in time)
+     a component failed: a task died or Kafka reported a fatal error, the drain
+     did not finish in time)
   2  invalid config files or command line; every problem is printed as
      FILE: FIELD: REASON and nothing is started
 
