@@ -435,3 +435,26 @@ async def test_a_batch_whose_function_raises_is_dead_lettered_and_acknowledged()
     assert (letter.kind, letter.accumulator, letter.payload) == ("batch", "trades", [12, 13])
     assert "unlucky batch" in letter.reason
     assert sorted(settled) == [1, 2, 12, 13]  # dead-lettered inputs count as handled
+
+
+class DepthTick(BaseModel):
+    price: float
+
+
+def test_events_deeper_than_the_limit_are_refused_before_validation() -> None:
+    from headrace.accumulators.spec import AccumulatorKind, make_spec
+
+    def on_tick(event: DepthTick) -> DepthTick:
+        return event
+
+    spec = make_spec(on_tick, AccumulatorKind.STREAM, topic="t", name="ticks", strict=True)
+    deep: object = {"price": 1.0}
+    for _ in range(spec.max_depth):
+        deep = {"x": deep}
+    with pytest.raises(AccumulatorInputError, match=r"'ticks': value is nested more than 64"):
+        spec.validate(deep)
+    assert spec.validate({"price": 2}).price == 2.0  # strict JSON: an integer is a number
+    with pytest.raises(AccumulatorInputError, match="does not match DepthTick"):
+        spec.validate({"price": "2"})
+    with pytest.raises(ValueError, match="strict must be true or false"):
+        make_spec(on_tick, AccumulatorKind.STREAM, topic="t", name="bad", strict="yes")
