@@ -80,14 +80,19 @@ def broker() -> Iterator[str]:
         shutil.rmtree(state, ignore_errors=True)
 
 
-def fill(bootstrap: str, topic: str, count: int) -> float:
+def fill(bootstrap: str, topic: str, count: int, partitions: int | None = None) -> float:
+    """Produce ``count`` order books; round robin over ``partitions`` when given (equal
+    partitions), else where the sticky partitioner puts them. Returns msg/s."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 1 << 20})
     started = time.perf_counter()
     for i in range(count):
         value = order_book(i)
         while True:
             try:
-                producer.produce(topic, value)
+                if partitions:
+                    producer.produce(topic, value, partition=i % partitions)
+                else:
+                    producer.produce(topic, value)
                 break
             except BufferError:
                 producer.poll(0.01)
