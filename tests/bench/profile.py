@@ -344,39 +344,103 @@ def callgrind(bench: Bench, out: Path, messages: int) -> list[str]:
         return ["callgrind: no dump with instructions"]
     total = _total_ir(dump)
     annotated = subprocess.run(
-        ["callgrind_annotate", "--inclusive=yes", "--threshold=99", str(dump)],
+        ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(dump)],
         capture_output=True,
         text=True,
         check=False,
     ).stdout
     (out / "callgrind.inclusive.txt").write_text(annotated)
+    (out / "callgrind.window.txt").write_text(f"{dump.name} {done} {total}\n")
+    objects, functions = self_costs(dump)
     lines = [
         f"callgrind: {total:,} instructions over {done:,} messages = "
-        f"{total / done:,.0f} instructions/msg (all threads; window set by "
-        "callgrind_control from the output topic's watermarks)",
+        f"{total / done:,.0f} instructions/msg (all threads; collection switched on after "
+        "the first output and off after the window, by callgrind_control)",
         "",
-        "| native function (inclusive) | instructions/msg | share |",
+        "| shared object (self instructions) | instructions/msg | share |",
         "|---|---:|---:|",
     ]
-    for ir, function in _top_inclusive(annotated, 30):
+    for name, ir in objects.most_common(12):
+        lines.append(f"| {name} | {ir / done:,.0f} | {ir / total:.1%} |")
+    lines += ["", "| function (self instructions) | instructions/msg | share |", "|---|---:|---:|"]
+    for (obj, fn), ir in functions.most_common(25):
+        lines.append(f"| `{fn[:80]}` ({obj}) | {ir / done:,.0f} | {ir / total:.1%} |")
+    lines += [
+        "",
+        "| named native call (inclusive) | instructions/msg | share |",
+        "|---|---:|---:|",
+    ]
+    for ir, function in _top_inclusive(annotated, INCLUSIVE):
         lines.append(f"| `{function[:90]}` | {ir / done:,.0f} | {ir / total:.1%} |")
     return lines
 
 
+INCLUSIVE = re.compile(
+    r"orjson|rd_kafka_(producev|produce|consume_batch|poll|q_serve|broker_serve|msg_new)\b"
+    r"|sqlite3_step|sqlite3VdbeExec|validate_python|gc_collect_main|_PyObject_Malloc|"
+    r"PyObject_Free|take_gil|drop_gil|task_step_impl|_PyObject_GC_Link"
+)
+
+
+def self_costs(dump: Path) -> tuple[collections.Counter[str], collections.Counter[tuple[str, str]]]:
+    """Self (exclusive) instructions per shared object and per function, from the dump.
+
+    A cost line right after ``calls=`` is the inclusive cost of that call, not self cost.
+    """
+    spaces: dict[str, dict[str, str]] = {"ob": {}, "fl": {}, "fn": {}}  # name compression
+    space_of = {"ob": "ob", "cob": "ob", "fn": "fn", "cfn": "fn"}
+
+    def name(key: str, value: str) -> str:
+        names = spaces[space_of.get(key, "fl")]
+        match = re.match(r"\((\d+)\)(?: (.*))?", value)
+        if not match:
+            return value
+        if match[2] is not None:
+            names[match[1]] = match[2]
+        return names.get(match[1], value)
+
+    objects: collections.Counter[str] = collections.Counter()
+    functions: collections.Counter[tuple[str, str]] = collections.Counter()
+    ob = fn = "?"
+    after_call = False
+    for line in dump.read_text(errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        if key == "ob":
+            ob = Path(name(key, value)).name
+        elif key == "fn":
+            fn = name(key, value)
+        elif key in ("cob", "cfi", "cfl", "cfn", "fl", "fi", "fe"):
+            name(key, value)
+        elif key == "calls":
+            after_call = True
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            if after_call:
+                after_call = False
+                continue
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                objects[ob] += int(parts[1])
+                functions[(ob, fn)] += int(parts[1])
+    return objects, functions
+
+
 def _total_ir(dump: Path) -> int:
+    """The dump's instruction total (``totals:``; ``summary:`` stays 0 when collection was
+    switched on by callgrind_control)."""
+    found = [0]
     with contextlib.suppress(OSError, ValueError):
         for line in dump.read_text(errors="replace").splitlines():
             if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
-    return 0
+                found.append(int(line.split()[1]))
+    return max(found)
 
 
-def _top_inclusive(annotated: str, top: int) -> list[tuple[int, str]]:
+def _top_inclusive(annotated: str, wanted: re.Pattern[str], top: int = 15) -> list[tuple[int, str]]:
     rows: list[tuple[int, str]] = []
     for line in annotated.splitlines():
         match = re.match(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*)$", line)
-        if match:
-            rows.append((int(match[1].replace(",", "")), match[2].strip()))
+        if match and "'" not in match[2].split(" [")[0] and wanted.search(match[2]):
+            rows.append((int(match[1].replace(",", "")), match[2].split(" [")[0].strip()))
     return rows[:top]
 
 
