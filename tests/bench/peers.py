@@ -583,6 +583,14 @@ def report(results: dict[str, list[Result]], runs: int) -> list[str]:
                 )
             elif row.duplicates:
                 lines.append(f"    duplicates: {row.duplicates}")
+    exits = {
+        system: sorted({r.exit_code for r in rows if r.exit_code is not None})
+        for system, rows in results.items()
+    }
+    lines.append(
+        "exit codes after the stop signal (SIGTERM; SIGINT for bytewax): "
+        + ", ".join(f"{s} {'/'.join(map(str, codes)) or '-'}" for s, codes in exits.items())
+    )
     head = rates.get("headrace")
     lines += [
         f"Headrace/Quix msg/s: {ratio(head, rates.get('quix'))}   "

@@ -232,7 +232,7 @@ def start_worker(
     return proc, output, log
 
 
-def sample(bench: Bench, out: Path, rate: int, py_spy: Path, native: bool) -> list[str]:
+def sample(bench: Bench, out: Path, rate: int, py_spy: Path, native: bool, perf: bool) -> list[str]:
     """py-spy + /proc over one worker's window: the per-layer and per-thread tables."""
     with tempfile.TemporaryDirectory(prefix="bench-profile.") as tmp:
         state = Path(tmp)
@@ -242,26 +242,45 @@ def sample(bench: Bench, out: Path, rate: int, py_spy: Path, native: bool) -> li
             first = wait_outputs(bench.topics, output, 1, proc, log, bench.args.timeout)
             before, t0 = threads_cpu(proc.pid), time.monotonic()
             stacks = out / "py-spy.raw.txt"
-            spy = subprocess.Popen(
-                [
-                    *(str(py_spy), "record", "--pid", str(proc.pid), "--threads"),
-                    *(("--native",) if native else ("--nonblocking",)),
-                    *("--rate", str(rate), "--format", "raw", "--output", str(stacks)),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=(out / "py-spy.log").open("wb"),
+            spy = (
+                None
+                if not rate
+                else subprocess.Popen(
+                    [
+                        *(str(py_spy), "record", "--pid", str(proc.pid), "--threads"),
+                        *(("--native",) if native else ("--nonblocking",)),
+                        *("--rate", str(rate), "--format", "raw", "--output", str(stacks)),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=(out / "py-spy.log").open("wb"),
+                )
             )
+            perf_data = out / "perf.data"
+            recorder = None
+            if perf:  # cpu-clock: a software event, so it works where the PMU is virtualised away
+                recorder = subprocess.Popen(
+                    [
+                        *("perf", "record", "-e", "cpu-clock", "-F", "499"),
+                        *("-p", str(proc.pid), "-o", str(perf_data)),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=(out / "perf.log").open("wb"),
+                )
             last = wait_outputs(bench.topics, output, bench.count, proc, log, bench.args.timeout)
             after, wall = threads_cpu(proc.pid), time.monotonic() - t0
-            spy.send_signal(signal.SIGINT)
-            spy.wait(60)
+            if recorder is not None:
+                recorder.send_signal(signal.SIGINT)
+                recorder.wait(60)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(60)
         finally:
             if spy is not None and spy.poll() is None:
                 spy.kill()
             stop(proc, signal.SIGTERM)
             shutil.copy(log, out / "worker.log")
     messages = last - first
-    samples, waits = read_samples(stacks)
+    samples, waits = read_samples(stacks) if rate else (collections.Counter(), 0)
     cpu = {
         tid: after[tid].seconds - (before[tid].seconds if tid in before else 0.0) for tid in after
     }
@@ -307,9 +326,73 @@ def sample(bench: Bench, out: Path, rate: int, py_spy: Path, native: bool) -> li
             f"| {seconds / total:.1%} |"
         )
     active = sum(samples.values())
+    if perf:
+        lines += ["", *native_threads(perf_data, cpu, messages, names)]
     lines += ["", "| innermost Headrace/user line | samples | share |", "|---|---:|---:|"]
     for where, count in hot_lines(stacks):
         lines.append(f"| {where} | {count} | {count / active:.1%} |")
+    return lines
+
+
+PERF_LINE = re.compile(r"^\s*([\d.]+)%\s+(\d+):(\S+)\s+(\S+)\s+\[(.)\]\s+(.*)$")
+
+
+GC_SYMBOLS = re.compile(
+    r"^(gc_collect_main|visit_decref|visit_reachable|move_unreachable|update_refs|"
+    r"subtract_refs|deduce_unreachable|gc_collect_with_callback|_PyObject_GC_Link)"
+)
+
+
+def native_threads(
+    data: Path,
+    cpu: dict[int, float],
+    messages: int,
+    thread_names: dict[int, str] | None = None,
+    top: int = 5,
+) -> list[str]:
+    """perf's cpu-clock samples per thread: the native symbols each one spends on (the only
+    view into librdkafka's own threads; for Python threads it shows GC and allocator)."""
+    report = subprocess.run(
+        [
+            *("perf", "report", "-i", str(data), "--stdio"),
+            *("--sort", "pid,dso,sym", "--percent-limit", "0.05"),  # "pid" is per thread
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    (data.parent / "perf.report.txt").write_text(report)
+    per_thread: dict[int, list[tuple[float, str]]] = collections.defaultdict(list)
+    names: dict[int, str] = {}
+    for line in report.splitlines():
+        match = PERF_LINE.match(line)
+        if match:
+            tid = int(match[2])
+            names[tid] = match[3]
+            kind = "kernel" if match[5] == "k" else Path(match[4]).name.split("-")[0]
+            per_thread[tid].append((float(match[1]), f"{match[6].strip()} ({kind})"))
+    lines = [
+        "Native view per thread (perf record -e cpu-clock -F 499 over the same window):",
+        "",
+        "| thread | tid | CPU µs/msg | role | cyclic GC | kernel | top symbols (share of all "
+        "samples) |",
+        "|---|---:|---:|---|---:|---:|---|",
+    ]
+    for tid, rows in sorted(per_thread.items(), key=lambda kv: -cpu.get(kv[0], 0.0)):
+        symbols = " ".join(sym for _, sym in rows)
+        role = (
+            "python"
+            if not names[tid].startswith("rdk:")
+            else "producer (sink)"
+            if re.search(r"msgset_writer|producer_serve|produce", symbols)
+            else "consumer"
+            if re.search(r"msgset_reader|fetch", symbols)
+            else "librdkafka"
+        )
+        tops = "; ".join(f"{sym} {share:.1f}%" for share, sym in rows[:top])
+        lines.append(
+            f"| {names[tid]} | {tid} | {cpu.get(tid, 0.0) / messages * 1e6:.2f} | {role} | {tops} |"
+        )
     return lines
 
 
@@ -447,12 +530,17 @@ def _top_inclusive(annotated: str, wanted: re.Pattern[str], top: int = 15) -> li
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--messages", type=int, default=100_000)
-    parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    parser.add_argument(
+        "--rate", type=int, default=100, help="py-spy samples per second; 0: threads' CPU only"
+    )
     parser.add_argument(
         "--native",
         action="store_true",
         help="py-spy --native (C frames too; pauses the worker per sample) instead of "
         "--nonblocking (Python frames only, barely perturbs it)",
+    )
+    parser.add_argument(
+        "--perf", action="store_true", help="perf record -e cpu-clock the librdkafka threads"
     )
     parser.add_argument("--callgrind", type=int, default=0, help="messages under callgrind")
     parser.add_argument("--out", type=Path, default=Path("/tmp/headrace-profile"))
@@ -470,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         topic = create_topic(bootstrap, f"bench-profile-in-{uuid.uuid4().hex[:8]}", 4)
         fill(bootstrap, topic, own.messages, 4)
         bench = Bench(args, bootstrap, topic)
-        report += sample(bench, own.out, own.rate, py_spy, own.native)
+        report += sample(bench, own.out, own.rate, py_spy, own.native, own.perf)
         if own.callgrind:
             report += ["", *callgrind(bench, own.out, own.callgrind)]
         bench.topics.close()
