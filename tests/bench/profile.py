@@ -313,14 +313,15 @@ def sample(bench: Bench, out: Path, rate: int, py_spy: Path, native: bool, perf:
             f"| {name} | {tid} | {seconds / messages * 1e6:.2f} | {seconds / total:.1%} "
             f"| {per_thread.get(tid, 0)} |"
         )
-    lines += [
-        "",
-        "Each thread's CPU split over layers in proportion to its active samples:",
-        "",
-        "| layer | samples | CPU µs/msg | share of CPU |",
-        "|---|---:|---:|---:|",
-    ]
-    for layer, seconds in sorted(layers.items(), key=lambda kv: -kv[1]):
+    if rate:
+        lines += [
+            "",
+            "Each thread's CPU split over layers in proportion to its active samples:",
+            "",
+            "| layer | samples | CPU µs/msg | share of CPU |",
+            "|---|---:|---:|---:|",
+        ]
+    for layer, seconds in sorted(layers.items(), key=lambda kv: -kv[1]) if rate else []:
         lines.append(
             f"| {layer} | {layer_samples.get(layer, 0)} | {seconds / messages * 1e6:.2f} "
             f"| {seconds / total:.1%} |"
@@ -328,6 +329,8 @@ def sample(bench: Bench, out: Path, rate: int, py_spy: Path, native: bool, perf:
     active = sum(samples.values())
     if perf:
         lines += ["", *native_threads(perf_data, cpu, messages, names)]
+    if not rate:  # no samples: the thread and native tables are all there is
+        return lines
     lines += ["", "| innermost Headrace/user line | samples | share |", "|---|---:|---:|"]
     for where, count in hot_lines(stacks):
         lines.append(f"| {where} | {count} | {count / active:.1%} |")
@@ -405,6 +408,7 @@ def callgrind(bench: Bench, out: Path, messages: int) -> list[str]:
         "--instr-atstart=no",
         f"--callgrind-out-file={cg_out}",
         "--dump-instr=no",
+        "--separate-threads=yes",
     ]
     with tempfile.TemporaryDirectory(prefix="bench-profile-cg.") as tmp:
         state = Path(tmp)
@@ -421,24 +425,48 @@ def callgrind(bench: Bench, out: Path, messages: int) -> list[str]:
             stop(proc, signal.SIGTERM, timeout=120)
             shutil.copy(log, out / "worker-callgrind.log")
     done = last - started
-    dumps = sorted(out.glob("callgrind.out*"), key=lambda p: p.stat().st_mtime)
-    dump = next((p for p in reversed(dumps) if _total_ir(p)), None)
-    if dump is None:
+    # --separate-threads: one file per thread of each dump, callgrind.out.<dump>-<thread>
+    threads = sorted(p for p in out.glob("callgrind.out.*-*") if _total_ir(p))
+    if not threads:
         return ["callgrind: no dump with instructions"]
-    total = _total_ir(dump)
-    annotated = subprocess.run(
-        ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(dump)],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
+    dump_number = max(p.name.rsplit("-", 1)[0] for p in threads)
+    threads = [p for p in threads if p.name.rsplit("-", 1)[0] == dump_number]
+    total = sum(_total_ir(p) for p in threads)
+    annotated = ""
+    per_thread: list[tuple[str, int, str]] = []
+    inclusive: collections.Counter[str] = collections.Counter()
+    for path in threads:
+        text = subprocess.run(
+            ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        annotated += text
+        rows = _top_inclusive(text, INCLUSIVE, 100)
+        for ir, function in rows:
+            inclusive[function] += ir
+        per_thread.append((path.name.rsplit("-", 1)[1], _total_ir(path), _role(rows)))
     (out / "callgrind.inclusive.txt").write_text(annotated)
-    (out / "callgrind.window.txt").write_text(f"{dump.name} {done} {total}\n")
-    objects, functions = self_costs(dump)
+    (out / "callgrind.window.txt").write_text(f"{dump_number} {done} {total}\n")
+    objects: collections.Counter[str] = collections.Counter()
+    functions: collections.Counter[tuple[str, str]] = collections.Counter()
+    for path in threads:
+        thread_objects, thread_functions = self_costs(path)
+        objects.update(thread_objects)
+        functions.update(thread_functions)
     lines = [
         f"callgrind: {total:,} instructions over {done:,} messages = "
         f"{total / done:,.0f} instructions/msg (all threads; collection switched on after "
         "the first output and off after the window, by callgrind_control)",
+        "",
+        "| callgrind thread | instructions/msg | share | what runs there (by its calls) |",
+        "|---:|---:|---:|---|",
+        *(
+            f"| {number} | {ir / done:,.0f} | {ir / total:.1%} | {role} |"
+            for number, ir, role in sorted(per_thread, key=lambda t: -t[1])
+            if ir / total >= 0.001
+        ),
         "",
         "| shared object (self instructions) | instructions/msg | share |",
         "|---|---:|---:|",
@@ -450,10 +478,10 @@ def callgrind(bench: Bench, out: Path, messages: int) -> list[str]:
         lines.append(f"| `{fn[:80]}` ({obj}) | {ir / done:,.0f} | {ir / total:.1%} |")
     lines += [
         "",
-        "| named native call (inclusive) | instructions/msg | share |",
+        "| named native call (inclusive, summed over threads) | instructions/msg | share |",
         "|---|---:|---:|",
     ]
-    for ir, function in _top_inclusive(annotated, INCLUSIVE):
+    for function, ir in inclusive.most_common(15):
         lines.append(f"| `{function[:90]}` | {ir / done:,.0f} | {ir / total:.1%} |")
     return lines
 
@@ -462,6 +490,7 @@ INCLUSIVE = re.compile(
     r"orjson|rd_kafka_(producev|produce|consume_batch|poll|q_serve|broker_serve|msg_new)\b"
     r"|sqlite3_step|sqlite3VdbeExec|validate_python|gc_collect_main|_PyObject_Malloc|"
     r"PyObject_Free|take_gil|drop_gil|task_step_impl|_PyObject_GC_Link"
+    r"|rd_kafka_msgset_reader_run|rd_kafka_msgset_create_ProduceRequest"
 )
 
 
@@ -505,6 +534,24 @@ def self_costs(dump: Path) -> tuple[collections.Counter[str], collections.Counte
                 objects[ob] += int(parts[1])
                 functions[(ob, fn)] += int(parts[1])
     return objects, functions
+
+
+ROLES = [  # the first named call a thread makes much of tells what the thread is
+    ("task_step_impl", "event loop (asyncio tasks: source, reactor, graph, sink)"),
+    ("sqlite3_step", "state store writer (SQLAlchemy + sqlite3)"),
+    ("rd_kafka_msgset_create_ProduceRequest", "librdkafka broker thread, producer (sink)"),
+    ("rd_kafka_msgset_reader_run", "librdkafka broker thread, consumer (fetch)"),
+    ("rd_kafka_broker_serve", "librdkafka broker thread"),
+    ("rd_kafka_poll", "sink producer's poll thread (delivery reports)"),
+    ("rd_kafka_consume", "consumer thread (consume batches)"),
+]
+
+
+def _role(rows: list[tuple[int, str]]) -> str:
+    for marker, role in ROLES:
+        if any(marker in function for _, function in rows):
+            return role
+    return "?"
 
 
 def _total_ir(dump: Path) -> int:
