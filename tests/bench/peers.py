@@ -16,10 +16,12 @@ their own venvs (.venv-bench/<peer>, pins in tests/bench/requirements-peers.txt)
              its recovery store (it has no consumer-group commits)
 - faust:     faust-streaming agent, ``await topic.send`` per message
 
-The timed window of a system with an output topic opens when its first output is on the
-broker and closes when the N-th is (the output topic's high watermarks, polled every
-20 ms); CPU is the process tree's user+sys (all threads) over that window, from /proc via
-psutil; peak RSS is VmHWM. ``raw`` has no output and times itself from its first message.
+The timed window of a system with an output topic opens when --warmup (5%) of N outputs
+are on the broker and closes when the N-th is (the output topic's high watermarks, polled
+every 20 ms), so start-up, group join and the first fetches are left out alike; CPU is
+the process tree's user+sys (all threads) over that window, from /proc via psutil; peak
+RSS is VmHWM. ``raw`` has no output and times itself the same way over its consumed
+messages.
 Each run is verified: exactly N outputs, each id once, every mid/spread/symbol/t right, and
 the input offsets committed to the end. A system that cannot be installed or fails is
 reported with the reason; the others still run. Figures: the median over --runs.
@@ -249,7 +251,7 @@ class Launch:
     command: list[str]
     env: dict[str, str]
     stop_signal: int = signal.SIGTERM
-    committed: Callable[[], str] | None = None  # after stop: how the offsets were kept
+    committed: Callable[[], tuple[bool, str]] | None = None  # None: the consumer group
 
 
 def headrace_toml(bootstrap: str, topic: str, output: str, group: str, state: Path) -> str:
@@ -292,6 +294,7 @@ class Bench:
         self.bootstrap = bootstrap
         self.topic = topic
         self.count = args.messages
+        self.warmup = int(args.messages * args.warmup)
         self.topics = Topics(bootstrap, args.partitions)
         self.input_ends = self.topics.ends(topic)
         self.envs: dict[str, PeerEnv | str] = {}  # a PeerEnv, or why there is none
@@ -322,6 +325,7 @@ class Bench:
             "BENCH_COUNT": str(self.count),
             "BENCH_STATE": str(state),
             "BENCH_COMMIT_INTERVAL": str(COMMIT_INTERVAL),
+            "BENCH_WARMUP": str(self.warmup),
         }
         python = sys.executable
         if system in PEERS:
@@ -359,7 +363,7 @@ class Bench:
                 command,
                 {**env, "PYTHONPATH": str(APPS)},
                 stop_signal=signal.SIGINT,
-                committed=lambda: bytewax_committed(store, self.input_ends),
+                committed=lambda: bytewax_committed(store, self.input_ends),  # no group
             )
         if system == "faust":
             command = [python, str(APPS / "faust_app.py"), "worker", "-l", "warn"]
@@ -408,17 +412,16 @@ class Bench:
                 self._measure_raw(result, proc, process, log)
                 return
             window = self._watch(proc, process, output, log, started)
-            result.first_output = window.opened - started
+            result.first_output = window.first_output - started
             done, cpu = window.count - window.first, window.cpu_end - window.cpu_start
             result.rate = done / (window.closed - window.opened)
             result.cpu_per_msg = cpu / done
             result.peak_rss = peak_rss(process)
-            if launch.committed is None:
-                result.committed = self._wait_committed(group)
+            result.committed = self._wait_committed(
+                launch.committed or (lambda: self._group_committed(group))
+            )
         finally:
             result.exit_code = stop(proc, launch.stop_signal)
-        if launch.committed is not None:
-            result.committed = launch.committed()
         verdict = verify(self.topics.read_all(output), self.count)
         result.outputs, result.duplicates = verdict.outputs, verdict.duplicates
         result.missing, result.wrong = verdict.missing, verdict.wrong
@@ -435,8 +438,9 @@ class Bench:
         if proc.returncode != 0:
             raise RunFailed(f"exited {proc.returncode}: {log_tail(log)}")
         report = json.loads(out.decode().strip().splitlines()[-1])
-        result.rate = report["count"] / report["wall"]
-        result.cpu_per_msg = report["cpu"] / report["count"]
+        timed = report.get("timed", report["count"])
+        result.rate = timed / report["wall"]
+        result.cpu_per_msg = report["cpu"] / timed
         result.peak_rss = report["peak_rss"]
         result.outputs = report["count"]
         result.missing = self.count - report["count"]
@@ -451,6 +455,7 @@ class Bench:
         count: int = 0
         cpu_start: float = 0.0
         cpu_end: float = 0.0
+        first_output: float = 0.0
 
     def _watch(
         self,
@@ -462,6 +467,7 @@ class Bench:
     ) -> Bench.Window:
         """Poll the output topic until N outputs; the window is first output to N-th."""
         window = Bench.Window()
+        started_output = 0.0
         deadline = started + self.args.timeout
         last_total, last_change = 0, time.monotonic()
         while True:
@@ -472,10 +478,13 @@ class Bench:
             if total is None:
                 time.sleep(POLL)
                 continue
-            if total and not window.first:
+            if not started_output and total:
+                started_output = now
+            if total > self.warmup and not window.first:
                 window.opened, window.first, window.cpu_start = now, total, cpu_seconds(process)
             if total >= self.count:
                 window.closed, window.count, window.cpu_end = now, total, cpu_seconds(process)
+                window.first_output = started_output
                 return window
             if total != last_total:
                 last_total, last_change = total, now
@@ -486,27 +495,37 @@ class Bench:
                 )
             time.sleep(POLL)
 
-    def _wait_committed(self, group: str) -> str:
+    def _group_committed(self, group: str) -> tuple[bool, str]:
         wanted = {p: end for p, end in self.input_ends.items() if end > 0}
-        deadline = time.monotonic() + 10 * COMMIT_INTERVAL + 10
-        committed: dict[int, int] = {}
-        while time.monotonic() < deadline:
-            committed = committed_offsets(self.bootstrap, group, self.topic)
-            if all(committed.get(p, -1) >= end for p, end in wanted.items()):
-                return "yes (consumer group, to the end)"
-            time.sleep(0.5)
+        committed = committed_offsets(self.bootstrap, group, self.topic)
+        if all(committed.get(p, -1) >= end for p, end in wanted.items()):
+            return True, "yes (consumer group, to the end)"
         behind = sum(end - committed.get(p, 0) for p, end in wanted.items())
-        return f"NO: {behind} messages behind after {deadline:.0f}s"
+        return False, f"NO: the consumer group is {behind} messages behind"
+
+    @staticmethod
+    def _wait_committed(check: Callable[[], tuple[bool, str]]) -> str:
+        """Poll ``check`` while the system runs (it commits on its own interval)."""
+        wait = 10 * COMMIT_INTERVAL + 10
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                done, what = check()
+            except Exception as exc:  # a locked SQLite file, a broker hiccup: look again
+                done, what = False, f"NO: {type(exc).__name__}: {exc}"
+            if done or time.monotonic() > deadline:
+                return what if done else f"{what} after waiting {wait:.0f}s"
+            time.sleep(0.5)
 
 
-def bytewax_committed(store: Path, ends: dict[int, int]) -> str:
+def bytewax_committed(store: Path, ends: dict[int, int]) -> tuple[bool, str]:
     """Bytewax's input offsets as snapshotted in its recovery store (SQLite)."""
     import pickle
     import sqlite3
 
     offsets: dict[int, int] = {}
     for db in store.glob("*.sqlite3"):
-        with contextlib.closing(sqlite3.connect(db)) as conn:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
             if "snaps" not in tables:
                 continue
@@ -521,8 +540,8 @@ def bytewax_committed(store: Path, ends: dict[int, int]) -> str:
                     offsets[int(str(key).split("-", 1)[0])] = pickle.loads(blob)  # "0-topic"
     wanted = {p: end for p, end in ends.items() if end > 0}
     if offsets and all(offsets.get(p, -1) >= end for p, end in wanted.items()):
-        return "yes (recovery store, to the end)"
-    return f"NO: recovery store offsets {offsets or 'not found'}, input ends {wanted}"
+        return True, "yes (recovery store, to the end)"
+    return False, f"NO: recovery store offsets {offsets or 'not found'}, input ends {wanted}"
 
 
 def stop(proc: subprocess.Popen[bytes], signum: int, timeout: float = 60) -> int | None:
@@ -613,6 +632,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per system run")
     parser.add_argument("--stall", type=float, default=60, help="no new output for this long")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=0.05,
+        help="the timed window opens once this fraction of N is out (start-up excluded)",
+    )
     args = parser.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(args.systems) - set(SYSTEMS)
