@@ -465,7 +465,7 @@ class Bench:
         log: Path,
         started: float,
     ) -> Bench.Window:
-        """Poll the output topic until N outputs; the window is first output to N-th."""
+        """Poll the output topic until N outputs; the window is the warm-up-th to the N-th."""
         window = Bench.Window()
         started_output = 0.0
         deadline = started + self.args.timeout
