@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint format bench kafka-up kafka-down postgres-up postgres-down clean
+.PHONY: install demo test test-fast lint format bench bench-peers kafka-up kafka-down postgres-up postgres-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,7 +45,13 @@ format: install
 	$(BIN)/ruff check --fix .
 
 bench: install
-	$(BIN)/python -m tests.bench.kafka_throughput
+	$(BIN)/python -m tests.bench.kafka_throughput $(BENCH_ARGS)
+
+# Headrace against raw confluent-kafka, Quix Streams, Bytewax and faust-streaming on one
+# pipeline and one pre-produced topic; each peer in its own venv under .venv-bench/
+# (pins: tests/bench/requirements-peers.txt). BENCH_ARGS="--messages 20000 --runs 3".
+bench-peers: install
+	$(BIN)/python -m tests.bench.peers $(BENCH_ARGS)
 
 kafka-up: install
 	bash docker/local-kafka/kafka-local.sh fetch

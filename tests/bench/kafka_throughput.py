@@ -8,8 +8,9 @@ On one topic of ~100-byte JSON order books it measures, in this one process:
     KafkaSink -> offsets committed;
 then produce->output latency (p50/p99) at a fixed rate, with the load generator and the
 output reader in a child process so they do not share this process's interpreter lock.
-Uses $KAFKA_BOOTSTRAP_SERVERS, else starts a local broker with kafka-local.sh. The last
-line is ``engine/raw throughput ratio: X.XX``.
+CPU per message is this process's user+sys (every thread) over each timed window, divided
+by the messages. Uses $KAFKA_BOOTSTRAP_SERVERS, else starts a local broker with
+kafka-local.sh. The last line is ``engine/raw throughput ratio: X.XX``.
 """
 
 from __future__ import annotations
@@ -80,14 +81,19 @@ def broker() -> Iterator[str]:
         shutil.rmtree(state, ignore_errors=True)
 
 
-def fill(bootstrap: str, topic: str, count: int) -> float:
+def fill(bootstrap: str, topic: str, count: int, partitions: int | None = None) -> float:
+    """Produce ``count`` order books; round robin over ``partitions`` when given (equal
+    partitions), else where the sticky partitioner puts them. Returns msg/s."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 1 << 20})
     started = time.perf_counter()
     for i in range(count):
         value = order_book(i)
         while True:
             try:
-                producer.produce(topic, value)
+                if partitions:
+                    producer.produce(topic, value, partition=i % partitions)
+                else:
+                    producer.produce(topic, value)
                 break
             except BufferError:
                 producer.poll(0.01)
@@ -108,24 +114,33 @@ def consumer_config(bootstrap: str) -> dict[str, Any]:
     }
 
 
+def cpu_seconds() -> float:
+    """user+sys of this whole process, every thread (librdkafka's included)."""
+    times = os.times()
+    return times.user + times.system
+
+
+Measured = tuple[float, float]  # msg/s, CPU seconds per message over the same window
+
+
 # -- (a) raw ------------------------------------------------------------------------------
-def raw_ceiling(bootstrap: str, topic: str, count: int) -> float:
+def raw_ceiling(bootstrap: str, topic: str, count: int) -> Measured:
     consumer = Consumer(consumer_config(bootstrap))
     consumer.subscribe([topic])
     loads = orjson.loads
     seen = 0
-    started = None
+    started = cpu = 0.0
     try:
         while seen < count:
             messages = consumer.consume(BATCH, 0.1)
-            if started is None and messages:
-                started = time.perf_counter()
+            if not started and messages:
+                started, cpu = time.perf_counter(), cpu_seconds()
             for msg in messages:
                 if msg.error() is None:
                     loads(msg.value())
                     seen += 1
-        assert started is not None
-        return count / (time.perf_counter() - started)
+        assert started
+        return count / (time.perf_counter() - started), (cpu_seconds() - cpu) / count
     finally:
         consumer.close()
 
@@ -166,7 +181,7 @@ def declare(topic: str) -> None:
 
 async def engine_run(
     bootstrap: str, topic: str, count: int, profile: str | None = None
-) -> tuple[float, bool]:
+) -> tuple[Measured, bool]:
     declare(topic)
     output = create_topic(bootstrap, f"bench-out-{uuid.uuid4().hex[:8]}", PARTITIONS)
     group = f"bench-engine-{uuid.uuid4().hex[:8]}"
@@ -178,7 +193,7 @@ async def engine_run(
     try:
         while source.stats["messages"] == 0:
             await asyncio.sleep(0.001)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds()
         if profile:
             from pyinstrument import Profiler
 
@@ -187,6 +202,7 @@ async def engine_run(
         while sink.producer.delivered < count:
             await asyncio.sleep(0.002)
         rate = count / (time.perf_counter() - started)
+        cpu_per_msg = (cpu_seconds() - cpu) / count
         if profiler is not None:
             profiler.stop()
             with open(profile, "w") as file:
@@ -198,7 +214,7 @@ async def engine_run(
     for partition in range(PARTITIONS):
         ends[partition] = probe.get_watermark_offsets(TopicPartition(topic, partition), 10)[1]
     probe.close()
-    return rate, committed_offsets(bootstrap, group, topic) == ends
+    return (rate, cpu_per_msg), committed_offsets(bootstrap, group, topic) == ends
 
 
 # -- latency at a fixed rate ------------------------------------------------------------------
@@ -353,18 +369,22 @@ def main() -> int:
         if not args.no_gc_freeze:
             gc.collect()
             gc.freeze()
-        raw_rates, engine_rates, committed = [], [], True
+        raws: list[Measured] = []
+        engines: list[Measured] = []
+        committed = True
         for round_ in range(args.rounds):
-            raw_rates.append(raw_ceiling(bootstrap, topic, args.messages))
+            raws.append(raw_ceiling(bootstrap, topic, args.messages))
             profile = args.profile if round_ == 0 else None
-            rate, ok = asyncio.run(engine_run(bootstrap, topic, args.messages, profile))
-            engine_rates.append(rate)
+            measured, ok = asyncio.run(engine_run(bootstrap, topic, args.messages, profile))
+            engines.append(measured)
             committed = committed and ok
             print(
-                f"round {round_ + 1}: raw {raw_rates[-1]:,.0f} msg/s, "
-                f"engine {engine_rates[-1]:,.0f} msg/s"
+                f"round {round_ + 1}: raw {raws[-1][0]:,.0f} msg/s, "
+                f"{raws[-1][1] * 1e6:.1f} µs CPU/msg; engine {engines[-1][0]:,.0f} msg/s, "
+                f"{engines[-1][1] * 1e6:.1f} µs CPU/msg"
             )
-        raw, engine = max(raw_rates), max(engine_rates)
+        raw, engine = max(r for r, _ in raws), max(r for r, _ in engines)
+        raw_cpu, engine_cpu = min(c for _, c in raws), min(c for _, c in engines)
         latency = {
             partitions: asyncio.run(
                 latency_run(bootstrap, partitions, args.rate, args.warmup, args.seconds)
@@ -377,6 +397,11 @@ def main() -> int:
     print(
         f"(b) engine end to end:          {engine:,.0f} msg/s (best of {args.rounds}); "
         f"offsets committed to the end: {committed}"
+    )
+    print(
+        f"CPU per message (user+sys, all threads, timed window; least of {args.rounds}): "
+        f"raw {raw_cpu * 1e6:.1f} µs, engine {engine_cpu * 1e6:.1f} µs, "
+        f"engine/raw {engine_cpu / raw_cpu:.1f}x"
     )
     for partitions, samples in latency.items():
         report_latency(samples, partitions, args.rate, args.seconds)
