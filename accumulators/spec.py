@@ -49,6 +49,8 @@ class AccumulatorSpec:
     channel_size: int = DEFAULT_CHANNEL_SIZE
     model: type[pydantic.BaseModel] | None = None
     model_is_list: bool = False
+    key: str | Callable[[Any], str] | None = None
+    """The key of each value (``accumulators.keys``): a field name, ``"@message"`` or a function."""
 
     @property
     def is_async(self) -> bool:

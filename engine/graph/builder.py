@@ -9,13 +9,14 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any
 
-from headrace.accumulators import parse_duration
+from headrace.accumulators import parse_duration, registered_accumulators
 from headrace.engine.errors import GraphDefinitionError
 from headrace.engine.graph.executor import GraphExecutor
 from headrace.engine.graph.nodes import NodeCollector, NodeFunction, pop_builder, push_builder
 from headrace.engine.graph.registry import register_graph
 from headrace.engine.graph.topology import Topology, parse_topology
 from headrace.reactors import ReactorSpec, find_reactor, reactor_name_of
+from headrace.reactors.keyed import KEY_PARAMETER, keyless_accumulators, keyless_message
 
 
 class OnError(StrEnum):
@@ -52,7 +53,15 @@ class ComputationGraph:
     on_error: OnError = OnError.DEAD_LETTER
 
     def check_reactor(self, spec: ReactorSpec) -> None:
-        """Entry inputs must be accumulators the reactor watches."""
+        """Entry inputs must be accumulators the reactor watches; ``key`` needs ``keyed``."""
+        if not spec.keyed and self.executor.key_required:
+            node = sorted(self.executor.key_required)[0]
+            raise GraphDefinitionError(
+                self.name,
+                f"takes a {KEY_PARAMETER!r} parameter, but reactor {spec.name!r} is not keyed "
+                "(declare it with keyed=True, or drop the parameter)",
+                node,
+            )
         foreign = [i for i in self.topology.input_names if i not in spec.accumulators]
         if foreign:
             node = next(
@@ -67,18 +76,21 @@ class ComputationGraph:
                 node,
             )
 
-    async def execute_async(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        self.executor.check_inputs(inputs)
-        return await self.executor.run(inputs)
+    async def execute_async(
+        self, inputs: Mapping[str, Any], key: str | None = None
+    ) -> dict[str, Any]:
+        self.executor.check_inputs(inputs, key)
+        return await self.executor.run(inputs, key)
 
-    def execute(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        self.executor.check_inputs(inputs)
+    def execute(self, inputs: Mapping[str, Any], key: str | None = None) -> dict[str, Any]:
+        """Run once; ``key`` is what a keyed reactor's fire passes to ``key`` parameters."""
+        self.executor.check_inputs(inputs, key)
         if not self.executor.is_async:
-            return self.executor.run_sync(inputs)
+            return self.executor.run_sync(inputs, key)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.executor.run(inputs))
+            return asyncio.run(self.executor.run(inputs, key))
         raise RuntimeError(
             f"graph {self.name!r}: execute() called inside a running event loop; "
             "use 'await builder.execute_async(inputs)'"
@@ -167,6 +179,9 @@ class ComputationGraphBuilder(NodeCollector):
         spec = find_reactor(self.reactor_name)
         if spec is not None:
             graph.check_reactor(spec)
+            keyless = keyless_accumulators(spec, registered_accumulators())
+            if keyless:
+                raise GraphDefinitionError(self.name, keyless_message(spec, keyless))
         register_graph(graph)
         return graph
 
@@ -177,12 +192,17 @@ class ComputationGraphBuilder(NodeCollector):
             )
         return self.graph
 
-    def execute(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        """Run the graph once; returns ``{terminal_node: output}`` for terminals that ran."""
-        return self._built().execute(inputs)
+    def execute(self, inputs: Mapping[str, Any], key: str | None = None) -> dict[str, Any]:
+        """Run the graph once; returns ``{terminal_node: output}`` for terminals that ran.
 
-    async def execute_async(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        return await self._built().execute_async(inputs)
+        ``key`` plays a keyed reactor's fire key: entry nodes with a ``key`` parameter get it.
+        """
+        return self._built().execute(inputs, key)
+
+    async def execute_async(
+        self, inputs: Mapping[str, Any], key: str | None = None
+    ) -> dict[str, Any]:
+        return await self._built().execute_async(inputs, key)
 
     def __repr__(self) -> str:
         return f"ComputationGraphBuilder(name={self.name!r}, nodes={len(self.topology.order)})"
