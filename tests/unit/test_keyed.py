@@ -212,11 +212,10 @@ def test_a_keyed_reactor_refuses_accumulators_without_a_key_at_build():
     passthrough_accumulator(name="book", key="symbol")(lambda e: e)
     passthrough_accumulator(name="ref")(lambda e: e)
     reactor(name="kx", accumulators=["book", "ref"], keyed=True)(type("Kx", (), {}))
-    with pytest.raises(
-        GraphDefinitionError, match=r"keyed, but accumulators \['ref'\] have no key"
-    ):
-        with ComputationGraphBuilder("g", reactor="kx", graph={"n": {"inputs": ["book"]}}) as b:
-            b.add_node("n", lambda book: book)
+    builder = ComputationGraphBuilder("g", reactor="kx", graph={"n": {"inputs": ["book"]}})
+    builder.add_node("n", lambda book: book)
+    with pytest.raises(GraphDefinitionError, match=r"keyed, but accumulators \['ref'\] have no"):
+        builder.build()
 
 
 async def test_a_keyed_reactor_refuses_accumulators_without_a_key_at_start():
@@ -241,9 +240,10 @@ def test_entry_nodes_take_the_key_and_execute_passes_it():
 def test_a_key_parameter_needs_a_keyed_reactor():
     passthrough_accumulator(name="book")(lambda e: e)
     reactor(name="ux", accumulators=["book"])(type("Ux", (), {}))
+    builder = ComputationGraphBuilder("g", reactor="ux", graph={"n": {"inputs": ["book"]}})
+    builder.add_node("n", lambda book, key: book)
     with pytest.raises(GraphDefinitionError, match="reactor 'ux' is not keyed") as caught:
-        with ComputationGraphBuilder("g", reactor="ux", graph={"n": {"inputs": ["book"]}}) as b:
-            b.add_node("n", lambda book, key: book)
+        builder.build()
     assert caught.value.node == "n"
 
 
