@@ -313,6 +313,8 @@ class Resolver:
                         bad = True
             if bad:
                 continue
+            if cfg.keyed:
+                self._check_keys(name, file, cfg.accumulators)
             spec = make_reactor_spec(
                 name,
                 cfg.accumulators,
@@ -327,6 +329,17 @@ class Resolver:
             _declared_reactors[name] = spec
             self.reactors[name] = spec
             self.origins[f"reactors.{name}"] = file
+
+    def _check_keys(self, reactor: str, file: str, accumulators: list[str]) -> None:
+        """Every accumulator of a keyed reactor has a key (those known by now)."""
+        for index, acc in enumerate(accumulators):
+            spec = self.accumulators.get(acc) or registered_accumulators().get(acc)
+            if spec is not None and spec.key is None:
+                self.add(
+                    file,
+                    ("reactors", reactor, "accumulators", index),
+                    _keyless_reason(acc, reactor),
+                )
 
     def reactor_spec(self, name: str) -> ReactorSpec | None:
         return self.reactors.get(name) or find_reactor(name)
@@ -586,12 +599,15 @@ class Resolver:
         origin = self.origins.get(f"reactors.{reactor.name}")
         if origin is not None:
             file, where = origin, field_path("reactors", reactor.name, "accumulators", index)
-        issue = (
-            f"accumulator {acc!r} has no key, but reactor {reactor.name!r} is keyed: set "
-            f"[accumulators.{acc}] key = \"<field>\" (a field of the value, '@message' or "
-            "'module:function'), or key= on its decorator"
-        )
-        self.add(file, where, issue)  # Issues keeps one per field
+        self.add(file, where, _keyless_reason(acc, reactor.name))  # Issues keeps one per field
+
+
+def _keyless_reason(accumulator: str, reactor: str) -> str:
+    return (
+        f"accumulator {accumulator!r} has no key, but reactor {reactor!r} is keyed: set "
+        f"[accumulators.{accumulator}] key = \"<field>\" (a field of the value, '@message' or "
+        "'module:function'), or key= on its decorator"
+    )
 
 
 def resolve_groups(used: dict[str, AccumulatorSpec], merged: Merged) -> dict[str, AccumulatorSpec]:
