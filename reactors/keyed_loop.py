@@ -53,7 +53,7 @@ class KeyedReactorLoop(ReactorLoop):
         self._queue_limit = sum(channel.maxsize for channel in channels.values())
         self._per_second: deque[tuple[int, int]] = deque()  # (second, fires finished)
         self._failed = False
-        self._stall_logged = False
+        self._stall_logged: str | None = None
 
     @property
     def fire_count(self) -> int:
@@ -176,15 +176,20 @@ class KeyedReactorLoop(ReactorLoop):
         return sum(n for second, n in self._per_second if second > now - RATE_WINDOW) / RATE_WINDOW
 
     def _warn_if_stalled(self) -> None:
-        stalled = self._blocked is not None and not self._running and not self.per_key.owed()
-        if stalled and not self._stall_logged:
+        """Log once per key that waits for a slot no fire will free (when_all keys hold all)."""
+        blocked = self._blocked
+        stalled = blocked is not None and not self._running and not self.per_key.owed()
+        if stalled and blocked != self._stall_logged:
             log.warning(
-                "keyed reactor cannot take a new key: every key holds unfired values",
+                "keyed reactor waits for a free key slot: every kept key holds values waiting "
+                "for its criterion",
                 reactor=self.name,
-                key=self._blocked,
+                key=blocked,
                 max_keys=self.spec.max_keys,
             )
-        self._stall_logged = stalled
+            self._stall_logged = blocked
+        elif blocked is None:
+            self._stall_logged = None
 
     def _log_evictions(self) -> None:
         evicted = self.per_key.evicted
@@ -214,7 +219,10 @@ class KeyedReactorLoop(ReactorLoop):
         if self.per_key.owed():
             return True
         # values left in a channel are work unless they wait for a key slot nobody frees
-        return self._blocked is None and any(channel.depth for channel in self.channels.values())
+        blocked = self._blocked
+        if blocked is not None and not self.per_key.has_room(blocked):
+            return False
+        return any(channel.depth for channel in self.channels.values())
 
     def health(self) -> dict[str, Any]:
         per_key = self.per_key

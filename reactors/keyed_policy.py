@@ -62,6 +62,13 @@ class KeyedPolicy:
                 return True
         return False
 
+    def has_room(self, key: str) -> bool:
+        """Whether ``admits(key)`` would hold, without evicting anything."""
+        limit = self.spec.max_keys
+        if key in self.keys or limit is None or len(self.keys) < limit:
+            return True
+        return any(self._idle(state) for state in self.keys.values())
+
     def sweep(self) -> None:
         """Evict keys idle for longer than ``key_ttl``."""
         ttl = self.spec.key_ttl

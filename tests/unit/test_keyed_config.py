@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
+import pytest
+
 from headrace.engine.config.loader import load_config
-from tests.unit.test_config import (  # noqa: F401 (fixtures)
+from tests.unit.test_config import (  # noqa: F401 (an autouse fixture)
     _restore_import_state,
     assert_issue,
     errors,
-    mod,
     write,
 )
 
@@ -24,6 +26,12 @@ def evaluate(book, ref, key):
 
 NOT_CALLABLE = 1
 """
+
+
+@pytest.fixture
+def mod() -> str:
+    """A unique module name; each test writes the module next to its file."""
+    return f"hr_keyed_{uuid.uuid4().hex[:8]}"
 
 
 def keyed_file(mod: str, book_key: str = 'key = "symbol"', extra: str = "") -> str:
