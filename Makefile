@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint format bench kafka-up kafka-down postgres-up postgres-down clean
+.PHONY: install demo test test-fast lint format bench bench-keyed kafka-up kafka-down postgres-up postgres-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ format: install
 
 bench: install
 	$(BIN)/python -m tests.bench.kafka_throughput
+
+bench-keyed: install
+	$(BIN)/python -m tests.bench.keyed
 
 kafka-up: install
 	bash docker/local-kafka/kafka-local.sh fetch
