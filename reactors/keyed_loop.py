@@ -76,6 +76,13 @@ class KeyedReactorLoop(ReactorLoop):
                 if self._stopping and not self._running and self._idle():
                     return
                 await self._wait()
+        except Exception as error:  # a broken loop must not look like a running reactor
+            self._failed = True
+            self.state = ReactorState.FAILED
+            self.last_error = repr(error)
+            log.exception("keyed reactor loop failed", reactor=self.name, error=repr(error))
+            for channel in self.channels.values():
+                channel.close(f"reactor {self.name!r} failed: {error}")
         finally:
             if self._running:
                 await asyncio.gather(*self._running, return_exceptions=True)

@@ -368,6 +368,25 @@ async def test_a_failed_fire_stops_the_reactor_and_leaves_its_values_unsettled()
     assert settled.count("OK") == 1 and channels["a"].closed_reason is not None
 
 
+async def test_a_broken_loop_marks_the_reactor_failed():
+    """A value without a key cannot reach a keyed reactor through the runtime; if one does,
+    the reactor fails visibly (health, runtime.failed) instead of dying silently."""
+    spec = make_reactor_spec("kx", ["a"], "when_any", "latest", keyed=True)
+    channels = {"a": Channel("a", 4)}
+
+    async def handler(fire):
+        return None
+
+    loop = KeyedReactorLoop(spec, channels, handler)
+    loop.start()
+    channels["a"].put_nowait(Envelope("a", 1))  # no key
+    await wait_until(lambda: loop.state is ReactorState.FAILED)
+    assert "delivered a value without a key" in (loop.last_error or "")
+    assert channels["a"].closed_reason is not None
+    await asyncio.wait_for(loop.stop(), 5)
+    assert loop.state is ReactorState.FAILED
+
+
 async def test_fires_per_second_over_a_ten_second_window():
     clock = FakeClock()
     spec = make_reactor_spec("kx", ["a"], "when_any", "latest", keyed=True)
