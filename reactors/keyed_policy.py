@@ -41,8 +41,9 @@ class KeyedPolicy:
         self.spec = spec
         self.clock = clock
         self.sequential = spec.strategy is InputStrategy.SEQUENTIAL
-        self.keys: OrderedDict[str, KeyState] = OrderedDict()  # least recently active first
+        self.keys: dict[str, KeyState] = {}
         self.ready: OrderedDict[str, None] = OrderedDict()  # owe a fire, none running
+        self.idle: OrderedDict[str, None] = OrderedDict()  # evictable, least recent first
         self.fires = 0
         self.queued = 0  # sequential envelopes waiting in key queues
         self.evictions: Counter[str] = Counter()  # reason -> count
@@ -56,18 +57,15 @@ class KeyedPolicy:
         limit = self.spec.max_keys
         if limit is None or len(self.keys) < limit:
             return True
-        for candidate, state in self.keys.items():
-            if self._idle(state):
-                self._evict(candidate, "max_keys")
-                return True
+        if self.idle:
+            self._evict(next(iter(self.idle)), "max_keys")
+            return True
         return False
 
     def has_room(self, key: str) -> bool:
         """Whether ``admits(key)`` would hold, without evicting anything."""
         limit = self.spec.max_keys
-        if key in self.keys or limit is None or len(self.keys) < limit:
-            return True
-        return any(self._idle(state) for state in self.keys.values())
+        return key in self.keys or limit is None or len(self.keys) < limit or bool(self.idle)
 
     def sweep(self) -> None:
         """Evict keys idle for longer than ``key_ttl``."""
@@ -76,22 +74,18 @@ class KeyedPolicy:
             return
         cutoff = self.clock() - ttl
         expired = []
-        for key, state in self.keys.items():
-            if state.last_active > cutoff:
-                break  # ordered by activity: the rest are younger
-            if self._idle(state):
-                expired.append(key)
+        for key in self.idle:
+            if self.keys[key].last_active > cutoff:
+                break  # idle keys are ordered by when they went idle: the rest are younger
+            expired.append(key)
         for key in expired:
             self._evict(key, "ttl")
 
     def _evict(self, key: str, reason: str) -> None:
         del self.keys[key]
+        del self.idle[key]
         self.evictions[reason] += 1
         self.evicted.append((key, reason))
-
-    @staticmethod
-    def _idle(state: KeyState) -> bool:
-        return not state.running and not state.queue and not state.policy.dirty
 
     # -- deliveries and fires ----------------------------------------------------------
     def apply(self, envelope: Envelope) -> None:
@@ -108,7 +102,7 @@ class KeyedPolicy:
             state = self.keys[key] = KeyState(FiringPolicy(self.spec), now)
         else:
             state.last_active = now
-            self.keys.move_to_end(key)
+            self.idle.pop(key, None)
         if self.sequential:
             state.queue.append((envelope, now))
             self.queued += 1
@@ -147,9 +141,10 @@ class KeyedPolicy:
         state = self.keys[key]
         state.running = False
         state.last_active = self.clock()
-        self.keys.move_to_end(key)
         if self._owes(state):
             self.ready[key] = None
+        elif not state.policy.dirty:  # nothing unsettled (when_all may hold a partial join)
+            self.idle[key] = None
 
     # -- views -----------------------------------------------------------------------------
     def owed(self) -> bool:

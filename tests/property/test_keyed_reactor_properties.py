@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from headrace.accumulators import Channel, Envelope
@@ -299,13 +299,28 @@ async def _overlap(deliveries: list[str], max_concurrency: int, strategy: str) -
     await loop.stop()
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     ops=interleavings,
     mode=st.sampled_from(["when_any", "when_all"]),
     count=accumulator_counts,
     max_concurrency=concurrency,
     max_keys=st.integers(1, 3),
+)
+@example(  # k1 gets half a join while it fires; then k2 needs k1's slot: k1 is not idle
+    ops=[
+        ("deliver", "a", "k1"),
+        ("deliver", "b", "k1"),
+        ("yield", 3, None),
+        ("deliver", "a", "k1"),
+        ("release+yield", 2, None),
+        ("deliver", "a", "k2"),
+        ("yield", 3, None),
+    ],
+    mode="when_all",
+    count=2,
+    max_concurrency=1,
+    max_keys=1,
 )
 def test_max_keys_never_drops_an_unsettled_value(ops, mode, count, max_concurrency, max_keys):
     """With fewer key slots than keys, eviction takes only idle keys: every value is fired

@@ -439,6 +439,21 @@ def test_max_keys_evicts_the_least_recently_active_idle_key():
     assert policy.evicted == [("k1", "max_keys")]
 
 
+def test_a_key_holding_half_a_when_all_join_after_its_fire_is_not_evicted():
+    spec = make_reactor_spec("rx", ["a", "b"], "when_all", "latest", keyed=True, max_keys=1)
+    policy = KeyedPolicy(spec, FakeClock())
+    acks: list[str] = []
+    policy.apply(envelope("k1", "a"))
+    policy.apply(envelope("k1", "b"))
+    fire = policy.next_fire()
+    assert fire is not None
+    policy.apply(envelope("k1", "a", acks=(lambda: acks.append("k1.a"),)))  # during the fire
+    fire.settle()
+    policy.finished("k1")
+    assert not policy.admits("k2"), "k1 holds an unsettled value: it is not idle"
+    assert list(policy.keys) == ["k1"] and acks == [] and not policy.evictions
+
+
 def test_ttl_evicts_idle_keys_only():
     clock = FakeClock()
     spec = make_reactor_spec("rx", ["a", "b"], "when_all", "latest", keyed=True, key_ttl=10)
