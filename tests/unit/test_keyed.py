@@ -7,6 +7,7 @@ from typing import Any
 
 import pydantic
 import pytest
+import structlog.testing
 
 from headrace.accumulators import (
     AccumulatorInputError,
@@ -471,6 +472,29 @@ def test_ttl_evicts_idle_keys_only():
     assert list(policy.keys) == ["partial"], "a key with an unsettled value is never evicted"
     assert policy.evictions == {"ttl": 1} and acks == []
     assert policy.oldest_pending() == ("partial", 11.0)
+
+
+async def test_the_loop_sweeps_idle_keys_without_new_deliveries_and_logs_it():
+    clock = FakeClock()
+    spec = make_reactor_spec("kx", ["a"], "when_any", "latest", keyed=True, key_ttl=0.04)
+    channels = {"a": Channel("a", 16)}
+
+    async def handler(fire):
+        return None
+
+    loop = KeyedReactorLoop(spec, channels, handler, clock=clock)
+    with structlog.testing.capture_logs() as logs:
+        loop.start()
+        for key in ("A", "B"):
+            channels["a"].put_nowait(envelope(key))
+        await wait_until(lambda: loop.fire_count == 2 and not loop.busy)
+        assert loop.health()["keys"] == 2
+        clock.now += 1  # past the TTL; nothing else happens
+        await wait_until(lambda: loop.health()["keys"] == 0)
+        await loop.stop()
+    assert loop.health()["evictions"] == {"ttl": 2}
+    (logged,) = [line for line in logs if line["event"] == "keys evicted"]
+    assert (logged["reason"], logged["count"], sorted(logged["keys"])) == ("ttl", 2, ["A", "B"])
 
 
 async def test_all_keys_busy_backpressure_then_the_new_key_fires():
