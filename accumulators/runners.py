@@ -296,7 +296,8 @@ class BatchRunner(AccumulatorRunner):
                 settle(acks)  # dead-lettered: handled, so offsets can move on
                 return
             try:
-                self._key(result, None)
+                if result is not None:  # None delivers nothing: it needs no key
+                    self._key(result, None)
             except AccumulatorInputError as error:
                 log.error("batch value has no key", accumulator=self.name, error=error.reason)
                 if self.on_batch_failure is None:

@@ -147,6 +147,25 @@ async def test_a_batch_without_a_key_is_dead_lettered_and_settled():
     assert acks == [1] and channel.depth == 0
 
 
+async def test_a_batch_filtered_to_none_needs_no_key():
+    from headrace.accumulators.runners import BatchRunner
+
+    spec = AccumulatorSpec(
+        "b", AccumulatorKind.BATCH, lambda events: None, flush_interval=1.0, key="sym"
+    )
+    runner = BatchRunner(spec, [Channel("b", 4)])
+    failures: list[str] = []
+
+    async def on_failure(name: str, events: list[Any], reason: str) -> None:
+        failures.append(reason)
+
+    runner.on_batch_failure = on_failure
+    acks: list[int] = []
+    runner.offer_nowait({"x": 1}, (lambda: acks.append(1),))
+    await runner.flush()
+    assert failures == [] and acks == [1] and runner.filtered == 1
+
+
 # -- declaring keyed reactors ----------------------------------------------------------------
 
 
