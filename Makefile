@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint format bench bench-peers kafka-up kafka-down postgres-up postgres-down clean
+.PHONY: install demo test test-fast lint format bench bench-peers bench-keyed kafka-up kafka-down postgres-up postgres-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ bench: install
 # (pins: tests/bench/requirements-peers.txt). BENCH_ARGS="--messages 20000 --runs 3".
 bench-peers: install
 	$(BIN)/python -m tests.bench.peers $(BENCH_ARGS)
+
+bench-keyed: install
+	$(BIN)/python -m tests.bench.keyed
 
 kafka-up: install
 	bash docker/local-kafka/kafka-local.sh fetch

@@ -44,6 +44,8 @@ class Envelope:
     value: Any
     acks: tuple[Ack, ...] = ()
     seq: int = field(default_factory=_delivery_order.__next__)
+    key: str | None = None
+    """The value's key when its accumulator has ``key=`` (keyed reactors group by it)."""
 
     def settle(self) -> None:
         settle(self.acks)

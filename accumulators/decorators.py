@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
+from headrace.accumulators.keys import KeySetting, check_key_setting
 from headrace.accumulators.registry import register_accumulator
 from headrace.accumulators.spec import DEFAULT_CHANNEL_SIZE, AccumulatorKind, make_spec
 
@@ -13,6 +14,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _declare(kind: AccumulatorKind, **settings: Any) -> Callable[[F], F]:
     def decorate(fn: F) -> F:
+        owner = f"accumulator {settings.get('name') or fn.__name__!r}"
+        check_key_setting(owner, settings.get("key"), kind.value)
         spec = make_spec(fn, kind, **settings)
         register_accumulator(spec)
         fn.__headrace_accumulator__ = spec  # type: ignore[attr-defined]
@@ -25,7 +28,11 @@ def _declare(kind: AccumulatorKind, **settings: Any) -> Callable[[F], F]:
 def passthrough_accumulator(fn: F) -> F: ...
 @overload
 def passthrough_accumulator(
-    *, name: str | None = None, channel_size: int = DEFAULT_CHANNEL_SIZE, strict: bool = False
+    *,
+    name: str | None = None,
+    channel_size: int = DEFAULT_CHANNEL_SIZE,
+    strict: bool = False,
+    key: KeySetting | None = None,
 ) -> Callable[[F], F]: ...
 def passthrough_accumulator(
     fn: Any = None,
@@ -33,12 +40,17 @@ def passthrough_accumulator(
     name: str | None = None,
     channel_size: int = DEFAULT_CHANNEL_SIZE,
     strict: bool = False,
+    key: KeySetting | None = None,
 ) -> Any:
     """Values pushed through ``Runtime.push`` or the worker's HTTP/WebSocket endpoints.
 
-    ``strict=True`` validates the model in pydantic strict mode (default: lax coercion)."""
+    ``strict=True`` validates the model in pydantic strict mode (default: lax coercion).
+    ``key`` (every decorator takes it) names the key of each value for keyed reactors: a
+    field of the value (``"symbol"``), a function ``value -> str``, or ``"@message"``
+    for the message's key.
+    """
     decorate = _declare(
-        AccumulatorKind.PASSTHROUGH, name=name, channel_size=channel_size, strict=strict
+        AccumulatorKind.PASSTHROUGH, name=name, channel_size=channel_size, strict=strict, key=key
     )
     return decorate(fn) if fn is not None else decorate
 
@@ -51,6 +63,7 @@ def stream_accumulator(
     name: str | None = None,
     channel_size: int = DEFAULT_CHANNEL_SIZE,
     strict: bool = False,
+    key: KeySetting | None = None,
 ) -> Callable[[F], F]:
     """One Kafka topic; each decoded message goes through the function (``None`` drops it).
 
@@ -63,6 +76,7 @@ def stream_accumulator(
         name=name,
         channel_size=channel_size,
         strict=strict,
+        key=key,
     )
 
 
@@ -71,10 +85,11 @@ def polling_accumulator(
     interval: str | float = "5s",
     name: str | None = None,
     channel_size: int = DEFAULT_CHANNEL_SIZE,
+    key: KeySetting | None = None,
 ) -> Callable[[F], F]:
     """Calls the function every ``interval``; a non-``None`` result is delivered."""
     return _declare(
-        AccumulatorKind.POLLING, interval=interval, name=name, channel_size=channel_size
+        AccumulatorKind.POLLING, interval=interval, name=name, channel_size=channel_size, key=key
     )
 
 
@@ -86,6 +101,7 @@ def batch_accumulator(
     group: str | None = None,
     name: str | None = None,
     channel_size: int = DEFAULT_CHANNEL_SIZE,
+    key: KeySetting | None = None,
 ) -> Callable[[F], F]:
     """Buffers events and flushes them as a list on ``flush_interval`` or ``max_buffer_size``."""
     return _declare(
@@ -96,4 +112,5 @@ def batch_accumulator(
         group=group,
         name=name,
         channel_size=channel_size,
+        key=key,
     )

@@ -20,6 +20,7 @@ from headrace.accumulators.channel import (
     settle,
 )
 from headrace.accumulators.clock import SYSTEM_CLOCK, Clock
+from headrace.accumulators.keys import key_of
 from headrace.accumulators.spec import AccumulatorInputError, AccumulatorKind, AccumulatorSpec
 
 log = structlog.get_logger("headrace.accumulators")
@@ -74,7 +75,19 @@ class AccumulatorRunner:
     def has_space(self) -> bool:
         return all(channel.has_space() for channel in self.channels)
 
-    def _envelopes(self, value: Any, acks: tuple[Ack, ...]) -> list[tuple[Channel, Envelope]]:
+    def _key(self, value: Any, message_key: Any) -> str | None:
+        """The value's key (``spec.key``); raises ``AccumulatorInputError`` when there is none."""
+        if self.spec.key is None:
+            return None
+        try:
+            return key_of(self.spec.name, self.spec.key, value, message_key)
+        except AccumulatorInputError:
+            self.errors += 1
+            raise
+
+    def _envelopes(
+        self, value: Any, acks: tuple[Ack, ...], key: str | None = None
+    ) -> list[tuple[Channel, Envelope]]:
         self.delivered += 1
         self.last_value = value
         self.last_delivered_at = time.time()
@@ -82,14 +95,22 @@ class AccumulatorRunner:
             self.on_delivered(self.name, value)
         if len(self.channels) > 1 and acks:
             acks = (SharedAck(acks, len(self.channels)),)
-        return [(channel, Envelope(self.name, value, acks)) for channel in self.channels]
+        return [(channel, Envelope(self.name, value, acks, key=key)) for channel in self.channels]
 
-    def deliver_nowait(self, value: Any, acks: tuple[Ack, ...] = ()) -> None:
-        """Deliver without waiting; callers check ``has_space`` first."""
+    def deliver_nowait(
+        self, value: Any, acks: tuple[Ack, ...] = (), message_key: Any = None
+    ) -> None:
+        """Deliver without waiting; callers check ``has_space`` first.
+
+        ``message_key`` is the raw key of the message that carried the value, for
+        ``key="@message"``. A value whose key cannot be taken raises ``AccumulatorInputError``
+        before anything is delivered (its acks are the caller's, to dead-letter).
+        """
         if value is None:
             self.filtered += 1
             settle(acks)
             return
+        key = self._key(value, message_key)
         channels = self.channels
         if len(channels) == 1:  # the common case, without the fan-out bookkeeping
             self.delivered += 1
@@ -97,37 +118,47 @@ class AccumulatorRunner:
             self.last_delivered_at = time.time()
             if self.on_delivered is not None:
                 self.on_delivered(self.name, value)
-            channels[0].put_nowait(Envelope(self.spec.name, value, acks))
+            channels[0].put_nowait(Envelope(self.spec.name, value, acks, key=key))
             return
         if not channels:
             settle(acks)
             return
-        for channel, envelope in self._envelopes(value, acks):
+        for channel, envelope in self._envelopes(value, acks, key):
             channel.put_nowait(envelope)
 
-    async def deliver(self, value: Any, acks: tuple[Ack, ...] = ()) -> None:
+    async def deliver(
+        self, value: Any, acks: tuple[Ack, ...] = (), message_key: Any = None
+    ) -> None:
         """Deliver, waiting while a channel is full (backpressure)."""
         if value is None:
             self.filtered += 1
             settle(acks)
             return
+        key = self._key(value, message_key)
         if not self.channels:
             settle(acks)
             return
-        for channel, envelope in self._envelopes(value, acks):
+        for channel, envelope in self._envelopes(value, acks, key):
             await channel.put(envelope)
 
-    def offer_nowait(self, event: Any, acks: tuple[Ack, ...] = ()) -> None:
-        """Transform one event and deliver it now (sync functions only)."""
-        self.deliver_nowait(self.transform(event), acks)
+    def offer_nowait(self, event: Any, acks: tuple[Ack, ...] = (), message_key: Any = None) -> None:
+        """Transform one event and deliver it now (sync functions only).
 
-    async def offer(self, event: Any, acks: tuple[Ack, ...] = ()) -> None:
+        Extension point for keyed values: a source passes the message's raw key as
+        ``message_key`` (the Kafka source will pass ``msg.key()``) for ``key="@message"``.
+        """
+        self.deliver_nowait(self.transform(event), acks, message_key)
+
+    async def offer(self, event: Any, acks: tuple[Ack, ...] = (), message_key: Any = None) -> None:
         """Transform one event and deliver it, waiting for channel space."""
-        await self.deliver(await self.transform_async(event), acks)
+        await self.deliver(await self.transform_async(event), acks, message_key)
 
     def restore(self, value: Any) -> None:
         """Re-deliver a value remembered from before a restart (state store)."""
-        self.deliver_nowait(value)
+        try:
+            self.deliver_nowait(value)
+        except AccumulatorInputError as error:  # e.g. key="@message": no message to key it
+            log.warning("remembered value not restored", accumulator=self.name, error=str(error))
 
     async def start(self) -> None:
         """Start background work; plain accumulators have none."""
@@ -172,7 +203,7 @@ class PollingRunner(AccumulatorRunner):
             return
         try:
             await self.deliver(value)
-        except ChannelClosedError as error:
+        except (ChannelClosedError, AccumulatorInputError) as error:
             log.error("polled value not delivered", accumulator=self.name, error=str(error))
 
     async def _loop(self) -> None:
@@ -318,6 +349,16 @@ class BatchRunner(AccumulatorRunner):
                 if self.on_batch_failure is None:
                     raise AccumulatorInputError(self.name, reason) from error
                 self._unsent = _UnsentBatch(events, acks, reason)
+                await self._send_unsent()
+                return
+            try:
+                if result is not None:  # None delivers nothing: it needs no key
+                    self._key(result, None)
+            except AccumulatorInputError as error:
+                log.error("batch value has no key", accumulator=self.name, error=error.reason)
+                if self.on_batch_failure is None:
+                    raise
+                self._unsent = _UnsentBatch(events, acks, error.reason)
                 await self._send_unsent()
                 return
             count = len(events)

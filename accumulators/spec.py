@@ -58,6 +58,8 @@ class AccumulatorSpec:
     model_is_list: bool = False
     strict: bool = False
     max_depth: int = DEFAULT_MAX_DEPTH
+    key: str | Callable[[Any], str] | None = None
+    """The key of each value (``accumulators.keys``): a field name, ``"@message"`` or a function."""
 
     @property
     def is_async(self) -> bool:

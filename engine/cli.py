@@ -16,6 +16,7 @@ from typing import TextIO
 from headrace.engine.config.loader import LoadedConfig, load_config
 from headrace.engine.config.schema import ConfigError
 from headrace.engine.graph.topology import render_mermaid, render_text
+from headrace.reactors import ReactorSpec
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -150,6 +151,13 @@ def _load(files: Sequence[str], err: TextIO) -> LoadedConfig | None:
         return None
 
 
+def _keyed(spec: ReactorSpec) -> str:
+    if not spec.keyed:
+        return ""
+    ttl = f", key_ttl {spec.key_ttl:g}s" if spec.key_ttl is not None else ""
+    return f", keyed (max_concurrency {spec.max_concurrency}, max_keys {spec.max_keys}{ttl})"
+
+
 def _origin(config: LoadedConfig, section: str, name: str, module: str | None) -> str:
     file = config.origins.get(f"{section}.{name}")
     if file and module:
@@ -177,13 +185,16 @@ def describe(config: LoadedConfig) -> str:
             details.append(f"max_buffer_size={spec.max_buffer_size}")
         if spec.model is not None:
             details.append(f"model={spec.model.__name__}")
+        if spec.key is not None:
+            key = spec.key if isinstance(spec.key, str) else getattr(spec.key, "__name__", "fn")
+            details.append(f"key={key}")
         origin = _origin(config, "accumulators", name, _fn_module(spec.fn))
         lines.append(f"  {name}: {' '.join(details)}  [{origin}]")
     lines.append("reactors:")
     for name, spec in sorted(config.reactors.items()):
         bound = sorted(g for g, graph in config.graphs.items() if graph.reactor_name == name)
         lines.append(
-            f"  {name}: {spec.mode.value}, {spec.strategy.value}; "
+            f"  {name}: {spec.mode.value}, {spec.strategy.value}{_keyed(spec)}; "
             f"watches {', '.join(spec.accumulators)}; graphs {', '.join(bound) or 'none'}"
             f"  [{_origin(config, 'reactors', name, None)}]"
         )

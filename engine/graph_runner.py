@@ -75,9 +75,9 @@ class GraphRunner:
     async def _attempt(self, fire: Fire) -> None:
         executor = self.graph.executor
         if executor.is_async:
-            outputs = await executor.run(fire.inputs)
+            outputs = await executor.run(fire.inputs, fire.key)
         else:
-            outputs = executor.run_sync(fire.inputs)
+            outputs = executor.run_sync(fire.inputs, fire.key)
         if outputs:
             for sink in self.sinks:
                 submit = getattr(sink, "submit", None) if self._defer else None

@@ -30,7 +30,15 @@ from headrace.engine.graph.registry import get_graph, registered_graphs
 from headrace.engine.graph_runner import GraphRunner
 from headrace.engine.observers import Observers
 from headrace.engine.supervision import ComponentFailure, FailureListener, Supervisor, describe
-from headrace.reactors import Fire, ReactorLoop, ReactorSpec, find_reactor, reactor_name_of
+from headrace.reactors import (
+    Fire,
+    KeyedReactorLoop,
+    ReactorLoop,
+    ReactorSpec,
+    find_reactor,
+    reactor_name_of,
+)
+from headrace.reactors.keyed import keyless_accumulators, keyless_message
 
 log = structlog.get_logger("headrace.runtime")
 
@@ -125,6 +133,9 @@ class Runtime:
                         f"reactor {reactor.name!r} watches unknown accumulator {name!r}: "
                         "declare it with an accumulator decorator or in a config file"
                     ) from None
+            keyless = keyless_accumulators(reactor, resolved)
+            if keyless:
+                raise RuntimeConfigError(keyless_message(reactor, keyless))
         return resolved
 
     def _wire(self) -> None:
@@ -150,7 +161,8 @@ class Runtime:
                 if g.reactor_name == reactor.name
             ]
             self.graphs.update((r.name, r) for r in runners)
-            self.reactors[reactor.name] = ReactorLoop(
+            loop_class = KeyedReactorLoop if reactor.keyed else ReactorLoop
+            self.reactors[reactor.name] = loop_class(
                 reactor, reactor_channels, self._fire_handler(runners)
             )
         for name, spec in accumulator_specs.items():
@@ -343,8 +355,11 @@ class Runtime:
             known = ", ".join(sorted(self.accumulators)) or "none"
             raise KeyError(f"unknown accumulator {name!r} (running: {known})") from None
 
-    async def push(self, name: str, event: Any) -> None:
-        """Push one event into an accumulator; waits while its channel is full."""
+    async def push(self, name: str, event: Any, message_key: Any = None) -> None:
+        """Push one event into an accumulator; waits while its channel is full.
+
+        ``message_key`` plays the message's key for an accumulator with ``key="@message"``.
+        """
         runner = self.accumulator(name)
         if runner.spec.kind is AccumulatorKind.POLLING:
             raise ValueError(
@@ -356,7 +371,10 @@ class Runtime:
                 f"accumulator {name!r} is fed by {type(owner).__name__}; push to passthrough "
                 "accumulators instead"
             )
-        await runner.offer(event)
+        if message_key is None:
+            await runner.offer(event)
+        else:
+            await runner.offer(event, message_key=message_key)
 
     def _reactor_for(self, name: str) -> ReactorLoop:
         if name in self.reactors:

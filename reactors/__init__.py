@@ -17,6 +17,9 @@ from headrace.reactors.declaration import (
     unbind_graph,
     unload_reactor,
 )
+from headrace.reactors.keyed import current_fire_key
+from headrace.reactors.keyed_loop import KeyedReactorLoop
+from headrace.reactors.keyed_policy import KeyedPolicy
 from headrace.reactors.loop import ReactorLoop, ReactorState
 from headrace.reactors.policy import Fire, FiringPolicy
 
@@ -24,6 +27,8 @@ __all__ = [
     "Fire",
     "FiringPolicy",
     "InputStrategy",
+    "KeyedPolicy",
+    "KeyedReactorLoop",
     "ReactionMode",
     "ReactorInUseError",
     "ReactorLoop",
@@ -32,6 +37,7 @@ __all__ = [
     "bind_graph",
     "bound_graphs",
     "clear_reactors",
+    "current_fire_key",
     "find_reactor",
     "get_reactor",
     "reactor",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from headrace.reactors.keyed import keyed_fields
 from headrace.registry import ReactorInUseError as ReactorInUseError
 from headrace.registry import default_registry
 
@@ -29,13 +30,26 @@ class ReactorSpec:
     accumulators: tuple[str, ...]
     mode: ReactionMode = ReactionMode.WHEN_ANY
     strategy: InputStrategy = InputStrategy.LATEST
+    keyed: bool = False
+    """Per key of the values: own cache, dirty flags, criterion and strategy (``keyed``)."""
+    max_concurrency: int = 1
+    max_keys: int | None = None
+    key_ttl: float | None = None
 
 
 C = TypeVar("C")
 
 
 def make_reactor_spec(
-    name: str, accumulators: list[str] | tuple[str, ...], mode: str, strategy: str
+    name: str,
+    accumulators: list[str] | tuple[str, ...],
+    mode: str,
+    strategy: str,
+    *,
+    keyed: bool = False,
+    max_concurrency: int = 1,
+    max_keys: int | None = None,
+    key_ttl: str | float | None = None,
 ) -> ReactorSpec:
     """Check a reactor's settings; errors name the reactor and the bad field."""
     if not name or not isinstance(name, str):
@@ -56,11 +70,20 @@ def make_reactor_spec(
         raise ValueError(
             f"reactor {name!r}: strategy must be 'latest' or 'sequential', got {strategy!r}"
         ) from None
-    return ReactorSpec(name, tuple(accumulators), reaction, input_strategy)
+    keyed_settings = keyed_fields(name, accumulators, keyed, max_concurrency, max_keys, key_ttl)
+    return ReactorSpec(name, tuple(accumulators), reaction, input_strategy, **keyed_settings)
 
 
 def reactor(
-    *, name: str, accumulators: list[str], mode: str = "when_any", strategy: str = "latest"
+    *,
+    name: str,
+    accumulators: list[str],
+    mode: str = "when_any",
+    strategy: str = "latest",
+    keyed: bool = False,
+    max_concurrency: int = 1,
+    max_keys: int | None = None,
+    key_ttl: str | float | None = None,
 ) -> Callable[[C], C]:
     """Declare a reactor on a class.
 
@@ -71,8 +94,20 @@ def reactor(
     any update once all have a value, use ``when_any`` and check for ``None`` in the graph.
     ``latest`` coalesces values that arrive while a graph runs; ``sequential`` fires once
     per delivered value, in delivery order.
+
+    ``keyed=True`` (with ``max_concurrency``, ``max_keys``, ``key_ttl``) applies all of this
+    per key of the values; see ``headrace.reactors.keyed``.
     """
-    spec = make_reactor_spec(name, accumulators, mode, strategy)
+    spec = make_reactor_spec(
+        name,
+        accumulators,
+        mode,
+        strategy,
+        keyed=keyed,
+        max_concurrency=max_concurrency,
+        max_keys=max_keys,
+        key_ttl=key_ttl,
+    )
 
     def decorate(cls: C) -> C:
         register_reactor(spec)

@@ -22,6 +22,8 @@ class Fire:
     inputs: dict[str, Any]
     envelopes: list[Envelope] = field(default_factory=list)
     holds: int = 1
+    key: str | None = None
+    """The key this fire is for (keyed reactors); ``None`` for unkeyed reactors."""
 
     def hold(self) -> Callable[[], None]:
         """Delay settling until the returned release is called (exactly once)."""

@@ -15,6 +15,7 @@ from headrace.connectors.kafka.producer import (
     error_kind,
 )
 from headrace.connectors.sinks import SinkClosedError
+from headrace.reactors.keyed import current_fire_key
 
 KeyFunction = Callable[[str, dict[str, Any]], bytes | str | None]
 
@@ -69,7 +70,8 @@ class KafkaSink:
     """Produces each graph execution's outputs (``{terminal node: output}``) as one message.
 
     ``key`` is a dotted path into the outputs (``"signal.symbol"``), a function
-    ``key(graph, outputs)``, or None. The graph name travels in the ``graph`` header.
+    ``key(graph, outputs)``, or None: then a keyed reactor's fire key (``None`` outside
+    keyed reactors) is the message key. The graph name travels in the ``graph`` header.
     ``send`` returns once the broker acknowledged the message (``acks=all``, idempotent
     producer by default); ``submit`` hands the message over and reports durability later,
     so a reactor can fire again while earlier results are still in flight.
@@ -125,7 +127,7 @@ class KafkaSink:
         headers = self._headers.get(graph)
         if headers is None:
             headers = self._headers[graph] = [("graph", graph.encode())]
-        key = self.key(graph, outputs) if self.key is not None else None
+        key = self.key(graph, outputs) if self.key is not None else current_fire_key()
         return self.serializer(outputs), key, headers
 
     def submit(self, graph: str, outputs: dict[str, Any], delivered: Delivered) -> bool:

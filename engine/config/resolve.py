@@ -22,10 +22,16 @@ from headrace.accumulators import (
     register_accumulator,
     registered_accumulators,
 )
+from headrace.accumulators.keys import MESSAGE_KEY, KeySetting, check_key_setting
 from headrace.accumulators.spec import DEFAULT_CHANNEL_SIZE, find_model
 from headrace.engine.config.files import Issues, Merged, Path_
 from headrace.engine.config.imports import ensure_on_path, import_module, resolve_ref
-from headrace.engine.config.schema import AccumulatorConfig, GraphConfig, WorkerConfig
+from headrace.engine.config.schema import (
+    AccumulatorConfig,
+    GraphConfig,
+    WorkerConfig,
+    field_path,
+)
 from headrace.engine.errors import GraphDefinitionError
 from headrace.engine.graph.builder import (
     ComputationGraph,
@@ -37,9 +43,10 @@ from headrace.engine.graph.registry import register_graph, registered_graphs
 from headrace.engine.graph.topology import parse_topology
 from headrace.reactors import ReactorSpec, find_reactor, register_reactor, registered_reactors
 from headrace.reactors.declaration import make_reactor_spec
+from headrace.reactors.keyed import KEY_PARAMETER
 
 _KIND_FIELDS: dict[str, set[str]] = {
-    "stream": {"topic", "group", "model", "function", "channel_size", "strict"},
+    "stream": {"topic", "group", "model", "function", "channel_size", "strict", "key"},
     "batch": {
         "topic",
         "group",
@@ -48,9 +55,10 @@ _KIND_FIELDS: dict[str, set[str]] = {
         "flush_interval",
         "max_buffer_size",
         "channel_size",
+        "key",
     },
-    "polling": {"function", "interval", "channel_size"},
-    "passthrough": {"model", "function", "channel_size", "strict"},
+    "polling": {"function", "interval", "channel_size", "key"},
+    "passthrough": {"model", "function", "channel_size", "strict", "key"},
 }
 
 _SINK_FIELDS: dict[str, set[str]] = {
@@ -194,6 +202,7 @@ class Resolver:
                 model, model_is_list = find_model(fn)
             elif existing is not None:
                 model, model_is_list = existing.model, existing.model_is_list
+        key = self._key(file, at, kind, cfg, existing)
         if len(self.issues.items) > before:
             return None
 
@@ -217,7 +226,44 @@ class Resolver:
             model=model,
             model_is_list=model_is_list,
             strict=bool(pick("strict", False)),
+            key=key,
         )
+
+    def _key(
+        self,
+        file: str,
+        at: Path_,
+        kind: str,
+        cfg: AccumulatorConfig,
+        existing: AccumulatorSpec | None,
+    ) -> KeySetting | None:
+        """The accumulator's key: the file's ``key`` (a field, '@message', 'module:function')."""
+        if cfg.key is None:
+            return existing.key if existing is not None else None
+        where = (*at, "key")
+        setting: KeySetting = cfg.key
+        if ":" in cfg.key:
+            target, reason = resolve_ref(cfg.key)
+            if reason is not None:
+                self.add(file, where, reason)
+                return None
+            if not callable(target):
+                self.add(file, where, f"{cfg.key!r} is not callable")
+                return None
+            setting = target
+        elif cfg.key != MESSAGE_KEY and not cfg.key.isidentifier():
+            self.add(
+                file,
+                where,
+                f"must be a field name, '@message' or 'module:function', got {cfg.key!r}",
+            )
+            return None
+        try:
+            check_key_setting("accumulator", setting, kind)
+        except ValueError as error:
+            self.add(file, where, str(error).removeprefix("accumulator: "))
+            return None
+        return setting
 
     # reactors
     def build_reactors(self) -> None:
@@ -249,13 +295,52 @@ class Resolver:
             if len(set(cfg.accumulators)) != len(cfg.accumulators):
                 self.add(file, (*at, "accumulators"), "lists an accumulator twice")
                 bad = True
+            if cfg.keyed and KEY_PARAMETER in cfg.accumulators:
+                self.add(
+                    file,
+                    (*at, "accumulators", cfg.accumulators.index(KEY_PARAMETER)),
+                    f"{KEY_PARAMETER!r} is reserved in keyed reactors (entry nodes receive the "
+                    "fire's key under that name): rename the accumulator",
+                )
+                bad = True
+            if not cfg.keyed:
+                for setting in ("max_concurrency", "max_keys", "key_ttl"):
+                    if setting in cfg.model_fields_set:
+                        self.add(
+                            file,
+                            (*at, setting),
+                            "only applies to keyed reactors: set keyed = true",
+                        )
+                        bad = True
             if bad:
                 continue
-            spec = make_reactor_spec(name, cfg.accumulators, cfg.mode, cfg.strategy)
+            if cfg.keyed:
+                self._check_keys(name, file, cfg.accumulators)
+            spec = make_reactor_spec(
+                name,
+                cfg.accumulators,
+                cfg.mode,
+                cfg.strategy,
+                keyed=cfg.keyed,
+                max_concurrency=cfg.max_concurrency,
+                max_keys=cfg.max_keys,
+                key_ttl=cfg.key_ttl,
+            )
             register_reactor(spec)
             _declared_reactors[name] = spec
             self.reactors[name] = spec
             self.origins[f"reactors.{name}"] = file
+
+    def _check_keys(self, reactor: str, file: str, accumulators: list[str]) -> None:
+        """Every accumulator of a keyed reactor has a key (those known by now)."""
+        for index, acc in enumerate(accumulators):
+            spec = self.accumulators.get(acc) or registered_accumulators().get(acc)
+            if spec is not None and spec.key is None:
+                self.add(
+                    file,
+                    ("reactors", reactor, "accumulators", index),
+                    _keyless_reason(acc, reactor),
+                )
 
     def reactor_spec(self, name: str) -> ReactorSpec | None:
         return self.reactors.get(name) or find_reactor(name)
@@ -494,9 +579,11 @@ class Resolver:
                 graph.check_reactor(reactor)
             except GraphDefinitionError as error:
                 self.add(file, where, str(error))
-            for acc in reactor.accumulators:
+            for index, acc in enumerate(reactor.accumulators):
                 try:
                     used[acc] = get_accumulator(acc)
+                    if reactor.keyed and used[acc].key is None:
+                        self._keyless(reactor, index, acc, file, where)
                 except KeyError:
                     if acc not in self.m.broken["accumulators"]:
                         self.add(
@@ -507,6 +594,21 @@ class Resolver:
                             "the module that declares it",
                         )
         return used
+
+    def _keyless(self, reactor: ReactorSpec, index: int, acc: str, file: str, where: str) -> None:
+        """Report an accumulator without a key that feeds a keyed reactor."""
+        origin = self.origins.get(f"reactors.{reactor.name}")
+        if origin is not None:
+            file, where = origin, field_path("reactors", reactor.name, "accumulators", index)
+        self.add(file, where, _keyless_reason(acc, reactor.name))  # Issues keeps one per field
+
+
+def _keyless_reason(accumulator: str, reactor: str) -> str:
+    return (
+        f"accumulator {accumulator!r} has no key, but reactor {reactor!r} is keyed: set "
+        f"[accumulators.{accumulator}] key = \"<field>\" (a field of the value, '@message' or "
+        "'module:function'), or key= on its decorator"
+    )
 
 
 def resolve_groups(used: dict[str, AccumulatorSpec], merged: Merged) -> dict[str, AccumulatorSpec]:

@@ -18,8 +18,10 @@ A worker loads one or more TOML files. Each file may hold any of these sections:
     [worker.dead_letters] kafka, topic_suffix, execution_topic, state_store
     [worker.log]          format (auto|json|console), level
 
-    [accumulators.NAME]   kind, topic, group, model, function, interval, flush_interval, ...
-    [reactors.NAME]       accumulators, mode, strategy
+    [accumulators.NAME]   kind, topic, group, model, function, interval, flush_interval,
+                          key (field name, "@message" or "module:function"), ...
+    [reactors.NAME]       accumulators, mode, strategy, keyed, max_concurrency, max_keys,
+                          key_ttl
     [graphs.NAME]         module, reactor, topology, retry, on_error, sinks
     [sinks.NAME]          type (kafka|log|callback|state_store), topic, key, function,
                           producer; state_store writes results to the worker's state store
@@ -367,12 +369,18 @@ class AccumulatorConfig(Model):
     channel_size: int | None = Field(None, ge=1)
     strict: bool | None = None
     """Validate the model in pydantic strict mode (stream, passthrough); default lax."""
+    key: NonEmpty | None = None
+    """A field of the value, ``"@message"`` (the message key) or ``"module:function"``."""
 
 
 class ReactorConfig(Model):
     accumulators: Annotated[Names, Field(min_length=1)]
     mode: Literal["when_any", "when_all"] = "when_any"
     strategy: Literal["latest", "sequential"] = "latest"
+    keyed: bool = False
+    max_concurrency: int = Field(1, ge=1)
+    max_keys: int | None = Field(None, ge=1)
+    key_ttl: Duration | None = None
 
 
 class NodeConfig(Model):

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from headrace.accumulators import parse_duration
+from headrace.accumulators import parse_duration, registered_accumulators
 from headrace.engine.errors import GraphDefinitionError
 from headrace.engine.graph.executor import GraphExecutor
 from headrace.engine.graph.model import ComputationGraph, OnError, RetryPolicy
@@ -14,6 +14,7 @@ from headrace.engine.graph.nodes import NodeCollector, NodeFunction, pop_builder
 from headrace.engine.graph.registry import register_graph
 from headrace.engine.graph.topology import parse_topology
 from headrace.reactors import find_reactor, reactor_name_of
+from headrace.reactors.keyed import keyless_accumulators, keyless_message
 
 __all__ = ["ComputationGraph", "ComputationGraphBuilder", "OnError", "RetryPolicy"]
 
@@ -100,6 +101,9 @@ class ComputationGraphBuilder(NodeCollector):
         spec = find_reactor(self.reactor_name)
         if spec is not None:
             graph.check_reactor(spec)
+            keyless = keyless_accumulators(spec, registered_accumulators())
+            if keyless:
+                raise GraphDefinitionError(self.name, keyless_message(spec, keyless))
         register_graph(graph)
         return graph
 
@@ -110,12 +114,17 @@ class ComputationGraphBuilder(NodeCollector):
             )
         return self.graph
 
-    def execute(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        """Run the graph once; returns ``{terminal_node: output}`` for terminals that ran."""
-        return self._built().execute(inputs)
+    def execute(self, inputs: Mapping[str, Any], key: str | None = None) -> dict[str, Any]:
+        """Run the graph once; returns ``{terminal_node: output}`` for terminals that ran.
 
-    async def execute_async(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        return await self._built().execute_async(inputs)
+        ``key`` plays a keyed reactor's fire key: entry nodes with a ``key`` parameter get it.
+        """
+        return self._built().execute(inputs, key)
+
+    async def execute_async(
+        self, inputs: Mapping[str, Any], key: str | None = None
+    ) -> dict[str, Any]:
+        return await self._built().execute_async(inputs, key)
 
     def __repr__(self) -> str:
         return f"ComputationGraphBuilder(name={self.name!r}, nodes={len(self.topology.order)})"

@@ -10,6 +10,7 @@ from typing import Any
 from headrace.engine.errors import GraphDefinitionError, NodeExecutionError, RoutingError
 from headrace.engine.graph.nodes import NodeFunction
 from headrace.engine.graph.topology import NodeShape, Topology
+from headrace.reactors.keyed import KEY_PARAMETER
 
 _SKIPPED = object()
 
@@ -28,6 +29,14 @@ class GraphExecutor:
         self.topology = topology
         self.functions = dict(functions)
         self.graph = topology.graph
+        self.key_nodes = self._find_key_nodes()
+        """Entry nodes with a ``key`` parameter (not one of their inputs): they get the key."""
+        self.key_required = frozenset(
+            name
+            for name in self.key_nodes
+            if inspect.signature(self.functions[name].fn).parameters[KEY_PARAMETER].default
+            is inspect.Parameter.empty
+        )
         self._check_signatures()
         self.is_async = any(f.is_async or f.thread for f in self.functions.values())
         # run_sync's plan: (name, fn, shape, entry inputs or None, parents), in order.
@@ -38,9 +47,20 @@ class GraphExecutor:
                 topology.shapes[name],
                 topology.shapes[name].inputs if topology.shapes[name].is_entry else None,
                 topology.parents[name],
+                name in self.key_nodes,
             )
             for name in topology.order
         ]
+
+    def _find_key_nodes(self) -> frozenset[str]:
+        found = set()
+        for name in self.topology.entries:
+            if KEY_PARAMETER in self.topology.shapes[name].inputs:
+                continue
+            parameters = inspect.signature(self.functions[name].fn).parameters
+            if KEY_PARAMETER in parameters:
+                found.add(name)
+        return frozenset(found)
 
     def _check_signatures(self) -> None:
         for name in self.topology.order:
@@ -48,7 +68,8 @@ class GraphExecutor:
             signature = inspect.signature(self.functions[name].fn)
             try:
                 if shape.is_entry:
-                    signature.bind(**dict.fromkeys(shape.inputs))
+                    extra = {KEY_PARAMETER: None} if name in self.key_nodes else {}
+                    signature.bind(**dict.fromkeys(shape.inputs), **extra)
                 elif len(self.topology.parents[name]) == 1:
                     signature.bind(None)
                 else:
@@ -69,10 +90,17 @@ class GraphExecutor:
 
     # -- arguments and routing ---------------------------------------------------------
     def _call_args(
-        self, shape: NodeShape, inputs: Mapping[str, Any], received: dict[str, Any]
+        self,
+        shape: NodeShape,
+        inputs: Mapping[str, Any],
+        received: dict[str, Any],
+        key: str | None = None,
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if shape.is_entry:
-            return (), {name: inputs.get(name) for name in shape.inputs}
+            kwargs = {name: inputs.get(name) for name in shape.inputs}
+            if key is not None and shape.name in self.key_nodes:
+                kwargs[KEY_PARAMETER] = key
+            return (), kwargs
         parents = self.topology.parents[shape.name]
         if len(parents) == 1:
             return (received[parents[0]],), {}
@@ -103,23 +131,36 @@ class GraphExecutor:
         else:
             results[shape.name] = output
 
-    def check_inputs(self, inputs: Mapping[str, Any]) -> None:
+    def check_inputs(self, inputs: Mapping[str, Any], key: str | None = None) -> None:
         unknown = sorted(set(inputs) - set(self.topology.input_names))
         if unknown:
             raise ValueError(
                 f"graph {self.graph!r}: unknown inputs {unknown}; "
                 f"expected some of {list(self.topology.input_names)}"
             )
+        if key is None and self.key_required:
+            raise ValueError(
+                f"graph {self.graph!r}: nodes {sorted(self.key_required)} take a "
+                f"{KEY_PARAMETER!r} parameter; pass execute(inputs, key=...)"
+            )
+        if key is not None and not isinstance(key, str):
+            raise ValueError(f"graph {self.graph!r}: key must be a string, got {key!r}")
 
     # -- running -------------------------------------------------------------------------
-    def run_sync(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        """Run an all-sync graph in topological order, without an event loop."""
+    def run_sync(self, inputs: Mapping[str, Any], key: str | None = None) -> dict[str, Any]:
+        """Run an all-sync graph in topological order, without an event loop.
+
+        ``key`` (a keyed reactor's fire) goes to entry nodes with a ``key`` parameter.
+        """
         edges: dict[str, dict[str, Any]] = {}
         results: dict[str, Any] = {}
-        for name, fn, shape, entry_inputs, parents in self._plan:
+        for name, fn, shape, entry_inputs, parents, takes_key in self._plan:
             try:
                 if entry_inputs is not None:
-                    output = fn(**{key: inputs.get(key) for key in entry_inputs})
+                    kwargs = {item: inputs.get(item) for item in entry_inputs}
+                    if takes_key and key is not None:
+                        kwargs[KEY_PARAMETER] = key
+                    output = fn(**kwargs)
                 else:
                     received = edges.get(name)
                     if not received:
@@ -136,10 +177,10 @@ class GraphExecutor:
                 results[name] = output
         return results
 
-    async def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    async def run(self, inputs: Mapping[str, Any], key: str | None = None) -> dict[str, Any]:
         """Run the graph; independent async branches run concurrently."""
         if not self.is_async:
-            return self.run_sync(inputs)
+            return self.run_sync(inputs, key)
         edges: dict[str, dict[str, Any]] = {}
         results: dict[str, Any] = {}
         finished: dict[str, asyncio.Future[None]] = {
@@ -154,7 +195,7 @@ class GraphExecutor:
                 shape = self.topology.shapes[name]
                 received = edges.get(name)
                 if shape.is_entry or received:
-                    args, kwargs = self._call_args(shape, inputs, received or {})
+                    args, kwargs = self._call_args(shape, inputs, received or {}, key)
                     output = await self._call(name, args, kwargs)
                     self._dispatch(shape, output, edges, results)
                 finished[name].set_result(None)

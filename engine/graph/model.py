@@ -12,6 +12,7 @@ from headrace.engine.errors import GraphDefinitionError
 from headrace.engine.graph.executor import GraphExecutor
 from headrace.engine.graph.topology import Topology
 from headrace.reactors import ReactorSpec
+from headrace.reactors.keyed import KEY_PARAMETER
 
 
 class OnError(StrEnum):
@@ -48,7 +49,15 @@ class ComputationGraph:
     on_error: OnError = OnError.DEAD_LETTER
 
     def check_reactor(self, spec: ReactorSpec) -> None:
-        """Entry inputs must be accumulators the reactor watches."""
+        """Entry inputs must be accumulators the reactor watches; ``key`` needs ``keyed``."""
+        if not spec.keyed and self.executor.key_required:
+            node = sorted(self.executor.key_required)[0]
+            raise GraphDefinitionError(
+                self.name,
+                f"takes a {KEY_PARAMETER!r} parameter, but reactor {spec.name!r} is not keyed "
+                "(declare it with keyed=True, or drop the parameter)",
+                node,
+            )
         foreign = [i for i in self.topology.input_names if i not in spec.accumulators]
         if foreign:
             node = next(
@@ -63,18 +72,21 @@ class ComputationGraph:
                 node,
             )
 
-    async def execute_async(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        self.executor.check_inputs(inputs)
-        return await self.executor.run(inputs)
+    async def execute_async(
+        self, inputs: Mapping[str, Any], key: str | None = None
+    ) -> dict[str, Any]:
+        self.executor.check_inputs(inputs, key)
+        return await self.executor.run(inputs, key)
 
-    def execute(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        self.executor.check_inputs(inputs)
+    def execute(self, inputs: Mapping[str, Any], key: str | None = None) -> dict[str, Any]:
+        """Run once; ``key`` is what a keyed reactor's fire passes to ``key`` parameters."""
+        self.executor.check_inputs(inputs, key)
         if not self.executor.is_async:
-            return self.executor.run_sync(inputs)
+            return self.executor.run_sync(inputs, key)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.executor.run(inputs))
+            return asyncio.run(self.executor.run(inputs, key))
         raise RuntimeError(
             f"graph {self.name!r}: execute() called inside a running event loop; "
             "use 'await builder.execute_async(inputs)'"

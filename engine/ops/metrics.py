@@ -203,12 +203,36 @@ class _RuntimeCollector(Collector):
             "1 when the reactor stopped after a failure.",
             labels=["reactor"],
         )
+        keys = GaugeMetricFamily(
+            "headrace_reactor_keys", "Keys a keyed reactor keeps state for.", labels=["reactor"]
+        )
+        running = GaugeMetricFamily(
+            "headrace_reactor_running_fires",
+            "Fires of a keyed reactor running now.",
+            labels=["reactor"],
+        )
+        oldest = GaugeMetricFamily(
+            "headrace_reactor_oldest_pending_key_seconds",
+            "How long the oldest value of a keyed reactor not taken by a fire has waited.",
+            labels=["reactor"],
+        )
+        evictions = CounterMetricFamily(
+            "headrace_reactor_key_evictions",
+            "Idle keys a keyed reactor dropped (reason: max_keys or ttl).",
+            labels=["reactor", "reason"],
+        )
         for name, loop in sorted(runtime.reactors.items()):
             health = loop.health()
             fires.add_metric([name], health["fire_count"])
             paused.add_metric([name], 1 if health["paused"] else 0)
             failed.add_metric([name], 1 if health["state"] == "failed" else 0)
-        yield from (fires, paused, failed)
+            if health.get("keyed"):
+                keys.add_metric([name], health["keys"])
+                running.add_metric([name], health["running_fires"])
+                oldest.add_metric([name], health["oldest_pending_age"] or 0.0)
+                for reason in ("max_keys", "ttl"):
+                    evictions.add_metric([name, reason], health["evictions"].get(reason, 0))
+        yield from (fires, paused, failed, keys, running, oldest, evictions)
 
     def _sources(self, runtime: Runtime) -> Iterator[Metric]:
         lag = GaugeMetricFamily(

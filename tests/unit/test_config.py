@@ -265,6 +265,7 @@ EXAMPLE_CONFIGS = {
     "batch_vwap.toml": {"batch_vwap"},
     "market_maker.toml": {"market_maker", "market_maker_strict"},
     "cross_module_publisher.toml cross_module_subscriber.toml": {"price_consumer"},
+    "keyed_price_signal.toml": {"keyed_price_signal", "deviation_alert"},
 }
 
 

@@ -1,0 +1,251 @@
+"""The firing loop of a keyed reactor: fires of different keys run concurrently."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from headrace.accumulators.channel import Channel, Envelope
+from headrace.reactors.declaration import ReactorSpec
+from headrace.reactors.keyed import set_fire_key
+from headrace.reactors.keyed_policy import KeyedPolicy
+from headrace.reactors.loop import FireHandler, ReactorLoop, ReactorState
+from headrace.reactors.policy import Fire
+
+log = structlog.get_logger("headrace.reactors")
+
+RATE_WINDOW = 10
+"""Seconds over which ``fires_per_second`` is measured."""
+
+
+class KeyedReactorLoop(ReactorLoop):
+    """Runs a keyed reactor: per-key firing rules, up to ``max_concurrency`` fires at once.
+
+    Never two fires of one key at once, and one key's fires start in its delivery order
+    (``sequential``) or on its newest values (``latest``). Values are taken from the
+    channels into the key states as they arrive; a fire's envelopes settle after the
+    handler returned, exactly as in ``ReactorLoop``. While a new key cannot be admitted
+    (``max_keys`` keys, none idle) the loop stops taking values from that channel
+    (``sequential``: from every channel, to keep delivery order), so the channel fills
+    and its sources wait. ``sequential`` key queues hold at most as many values as the
+    channels together.
+    """
+
+    def __init__(
+        self,
+        spec: ReactorSpec,
+        channels: dict[str, Channel],
+        handler: FireHandler,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(spec, channels, handler)
+        self.per_key = KeyedPolicy(spec, clock)
+        self._clock = clock
+        self._running: set[asyncio.Task[None]] = set()
+        self._blocked: str | None = None  # the key waiting for a slot, if any
+        self._queue_limit = sum(channel.maxsize for channel in channels.values())
+        self._per_second: deque[tuple[int, int]] = deque()  # (second, fires finished)
+        self._failed = False
+        self._stall_logged: str | None = None
+
+    @property
+    def fire_count(self) -> int:
+        return self.per_key.fires
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    # -- the loop ------------------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            while not self._failed:
+                if not self._paused:
+                    self._take()
+                    self._start_fires()
+                self.per_key.sweep()
+                self._log_evictions()
+                self._warn_if_stalled()
+                if self._stopping and not self._running and self._idle():
+                    return
+                await self._wait()
+        except Exception as error:  # a broken loop must not look like a running reactor
+            self._failed = True
+            self.state = ReactorState.FAILED
+            self.last_error = repr(error)
+            log.exception("keyed reactor loop failed", reactor=self.name, error=repr(error))
+            for channel in self.channels.values():
+                channel.close(f"reactor {self.name!r} failed: {error}")
+        finally:
+            if self._running:
+                await asyncio.gather(*self._running, return_exceptions=True)
+            self._log_evictions()
+
+    async def _wait(self) -> None:
+        ttl = self.spec.key_ttl
+        if ttl is None or not self.per_key.keys:
+            await self._wakeup.wait()
+        else:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(ttl / 4, 0.01)):
+                    await self._wakeup.wait()
+        self._wakeup.clear()
+
+    def _take(self) -> None:
+        """Move values from the channels into the key states, as far as keys admit them."""
+        self._blocked = None
+        if self.per_key.sequential:
+            self._take_in_order()
+            return
+        per_key = self.per_key
+        for channel in self.channels.values():
+            while channel.depth:
+                head = channel.peek()
+                assert head is not None
+                if head.key is not None and not per_key.admits(head.key):
+                    self._blocked = head.key
+                    break
+                per_key.apply(channel.take())
+
+    def _take_in_order(self) -> None:
+        per_key = self.per_key
+        while per_key.queued < self._queue_limit:
+            head = self._oldest_head()
+            if head is None:
+                return
+            channel, envelope = head
+            if envelope.key is not None and not per_key.admits(envelope.key):
+                self._blocked = envelope.key
+                return
+            per_key.apply(channel.take())
+
+    def _oldest_head(self) -> tuple[Channel, Envelope] | None:
+        oldest: tuple[Channel, Envelope] | None = None
+        for channel in self.channels.values():
+            head = channel.peek()
+            if head is not None and (oldest is None or head.seq < oldest[1].seq):
+                oldest = (channel, head)
+        return oldest
+
+    def _start_fires(self) -> None:
+        limit = self.spec.max_concurrency
+        while len(self._running) < limit:
+            fire = self.per_key.next_fire()
+            if fire is None:
+                return
+            task = asyncio.create_task(self._run_fire(fire), name=f"fire:{self.name}:{fire.key}")
+            self._running.add(task)
+            task.add_done_callback(self._fire_done)
+
+    async def _run_fire(self, fire: Fire) -> None:
+        set_fire_key(fire.key)  # this task's own context: graphs and sinks read the key
+        try:
+            await self._fire(fire)
+        except Exception:
+            self._failed = True
+            raise
+        self.per_key.finished(fire.key or "")
+        self._count_fire()
+
+    def _fire_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if not task.cancelled():
+            task.exception()  # failures are logged by _fire and stop the loop
+        self._wakeup.set()
+
+    def _idle(self) -> bool:
+        if self._paused:
+            return True
+        self._take()
+        return not self.per_key.owed()
+
+    # -- health ----------------------------------------------------------------------------
+    def _count_fire(self) -> None:
+        second = int(self._clock())
+        window = self._per_second
+        if window and window[-1][0] == second:
+            window[-1] = (second, window[-1][1] + 1)
+        else:
+            window.append((second, 1))
+        while window and window[0][0] <= second - RATE_WINDOW:
+            window.popleft()
+
+    def fires_per_second(self) -> float:
+        """Fires finished per second over the last ``RATE_WINDOW`` seconds."""
+        now = int(self._clock())
+        return sum(n for second, n in self._per_second if second > now - RATE_WINDOW) / RATE_WINDOW
+
+    def _warn_if_stalled(self) -> None:
+        """Log once per key that waits for a slot no fire will free (when_all keys hold all)."""
+        blocked = self._blocked
+        stalled = blocked is not None and not self._running and not self.per_key.owed()
+        if stalled and blocked != self._stall_logged:
+            log.warning(
+                "keyed reactor waits for a free key slot: every kept key holds values waiting "
+                "for its criterion",
+                reactor=self.name,
+                key=blocked,
+                max_keys=self.spec.max_keys,
+            )
+            self._stall_logged = blocked
+        elif blocked is None:
+            self._stall_logged = None
+
+    def _log_evictions(self) -> None:
+        evicted = self.per_key.evicted
+        if not evicted:
+            return
+        by_reason: dict[str, list[str]] = {}
+        for key, reason in evicted:
+            by_reason.setdefault(reason, []).append(key)
+        evicted.clear()
+        for reason, keys in by_reason.items():
+            log.info(
+                "keys evicted",
+                reactor=self.name,
+                reason=reason,
+                count=len(keys),
+                keys=keys[:10],
+                total=self.per_key.evictions[reason],
+            )
+
+    @property
+    def busy(self) -> bool:
+        """Whether a fire runs, or values wait that a fire will take."""
+        if self._running:
+            return True
+        if self._paused or self.state is ReactorState.FAILED:
+            return False
+        if self.per_key.owed():
+            return True
+        # values left in a channel are work unless they wait for a key slot nobody frees
+        blocked = self._blocked
+        if blocked is not None and not self.per_key.has_room(blocked):
+            return False
+        return any(channel.depth for channel in self.channels.values())
+
+    def health(self) -> dict[str, Any]:
+        per_key = self.per_key
+        oldest = per_key.oldest_pending()
+        return {
+            **super().health(),
+            "keyed": True,
+            "keys": len(per_key.keys),
+            "max_keys": self.spec.max_keys,
+            "key_ttl": self.spec.key_ttl,
+            "max_concurrency": self.spec.max_concurrency,
+            "running_fires": len(self._running),
+            "ready_keys": len(per_key.ready),
+            "fires_per_second": self.fires_per_second(),
+            "oldest_pending_key": oldest[0] if oldest else None,
+            "oldest_pending_age": oldest[1] if oldest else None,
+            "evictions": dict(per_key.evictions),
+            "waiting_for_key_slot": self._blocked,
+        }
