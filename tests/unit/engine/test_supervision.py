@@ -16,8 +16,8 @@ from headrace.engine.config.loader import load_config
 from headrace.engine.ops.http import create_app
 from headrace.engine.supervision import ComponentFailure, Supervisor
 from headrace.engine.worker import Worker
+from tests.unit.engine.config.test_config import mod, write  # noqa: F401 (fixture)
 from tests.unit.support import declare_reactor, one_node_graph, pipeline, wait_until
-from tests.unit.test_config import mod, write  # noqa: F401 (fixture)
 
 
 async def _forever() -> None:

@@ -21,8 +21,8 @@ from headrace.engine import Runtime
 from headrace.engine.ops.http import HttpServer, check_bind, create_app, is_loopback
 from headrace.engine.ops.metrics import Metrics
 from headrace.engine.store.state_store import StateStore
+from tests.unit.engine.ops.test_metrics import FakeSource
 from tests.unit.support import declare_reactor, one_node_graph, passthroughs, wait_until
-from tests.unit.test_metrics import FakeSource
 
 TOKEN = "s3cret-token"
 

@@ -15,7 +15,7 @@ import structlog
 
 from headrace.engine.cli import EXIT_CONFIG, EXIT_OK, main
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 PRICE_SIGNAL = str(EXAMPLES / "price_signal.toml")
 
 

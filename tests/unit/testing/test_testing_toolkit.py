@@ -26,7 +26,7 @@ from headrace.testing.kafka import (
 )
 from tests.unit.support import declare_reactor, one_node_graph, pipeline
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 # -- broker selection ------------------------------------------------------------------------

@@ -33,8 +33,8 @@ from headrace.reactors import (
 )
 from headrace.reactors.declaration import make_reactor_spec
 from headrace.reactors.keyed import DEFAULT_MAX_KEYS
+from tests.unit.engine.ops.test_metrics import samples, value
 from tests.unit.support import Gate, wait_until
-from tests.unit.test_metrics import samples, value
 
 # -- the key of a value ----------------------------------------------------------------------
 

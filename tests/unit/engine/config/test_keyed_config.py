@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from headrace.engine.config.loader import load_config
-from tests.unit.test_config import (  # noqa: F401 (an autouse fixture)
+from tests.unit.engine.config.test_config import (  # noqa: F401 (an autouse fixture)
     _restore_import_state,
     assert_issue,
     errors,

@@ -21,7 +21,7 @@ from headrace.engine.store.state_store import (
 from headrace.engine.worker import Worker
 from headrace.registry import default_registry
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[4] / "examples"
 
 NODES = """
 from pydantic import BaseModel
