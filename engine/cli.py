@@ -11,12 +11,13 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from headrace.engine.config.loader import LoadedConfig, load_config
-from headrace.engine.config.schema import ConfigError
-from headrace.engine.graph.topology import render_mermaid, render_text
-from headrace.reactors import ReactorSpec
+from headrace.engine import early_signals
+
+if TYPE_CHECKING:
+    from headrace.engine.config.loader import LoadedConfig
+    from headrace.reactors import ReactorSpec
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -137,6 +138,9 @@ def _quiet_logs() -> None:
 
 
 def _load(files: Sequence[str], err: TextIO) -> LoadedConfig | None:
+    from headrace.engine.config.loader import load_config
+    from headrace.engine.config.schema import ConfigError
+
     try:
         return load_config(files)
     except ConfigError as error:
@@ -251,8 +255,12 @@ def cmd_graphs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(file=out)
         if args.mermaid:
             print(f"%% graph {name} (reactor {config.graphs[name].reactor_name})", file=out)
+            from headrace.engine.graph.topology import render_mermaid
+
             print(render_mermaid(topology), file=out)
         else:
+            from headrace.engine.graph.topology import render_text
+
             print(render_text(topology), file=out)
     return EXIT_OK
 
@@ -279,6 +287,10 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "run":
+        # Before the config loads and the worker is built (seconds on a slow machine): a
+        # SIGTERM then is kept and drains the worker as soon as it runs, and exits 0.
+        early_signals.install()
     command = {"run": cmd_run, "validate": cmd_validate, "graphs": cmd_graphs}[args.command]
     try:
         return command(args, sys.stdout, sys.stderr)

@@ -28,6 +28,7 @@ from headrace.connectors.dead_letters import (
     MemoryDeadLetters,
 )
 from headrace.connectors.sinks import CallbackSink, LogSink, Sink, StoreSink
+from headrace.engine import early_signals
 from headrace.engine.config.loader import LoadedConfig, resolve_ref
 from headrace.engine.config.schema import SinkConfig, reveal
 from headrace.engine.runtime import Runtime, Source
@@ -225,6 +226,9 @@ class Worker:
                 installed.append(signum)
             except (NotImplementedError, RuntimeError):  # not the main thread
                 pass
+        early = early_signals.take() if installed else None
+        if early is not None:  # arrived while the config loaded or the worker was built
+            self.request_stop(early)
 
         def remove() -> None:
             for signum in installed:
@@ -351,6 +355,9 @@ class Worker:
         """Start, wait for a signal or a halted graph, drain; return the exit code."""
         remove = self._install_signals() if self.install_signals else (lambda: None)
         try:
+            if self._stop.is_set():  # a signal came while the config loaded: nothing started
+                log.info("worker stopped before it started", exit_code=self.exit_code)
+                return self.exit_code
             try:
                 await self.start()
             except Exception as error:
