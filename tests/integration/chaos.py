@@ -44,8 +44,8 @@ TP = tuple[int, int]  # partition, offset
 
 SOAK_NODES = '''
 """Node functions and the input model of the chaos soak graph."""
+import asyncio
 import os
-import time
 
 from pydantic import BaseModel
 
@@ -57,10 +57,10 @@ class Book(BaseModel):
     ask: float
 
 
-def signal(books: Book) -> dict:
+async def signal(books: Book) -> dict:
     delay = float(os.environ.get("SOAK_NODE_DELAY", "0"))
     if delay:
-        time.sleep(delay)
+        await asyncio.sleep(delay)
     return {"id": books.id, "mid": (books.bid + books.ask) / 2}
 '''
 
@@ -74,7 +74,7 @@ commit_interval = "200ms"
 drain_timeout = "${SOAK_DRAIN_TIMEOUT:-20s}"
 
 [worker.consumer]
-"session.timeout.ms" = 6000
+"session.timeout.ms" = "${SOAK_SESSION_TIMEOUT_MS:-6000}"
 "heartbeat.interval.ms" = 1000
 
 [worker.producer]
