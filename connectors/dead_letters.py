@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
@@ -36,6 +37,58 @@ class DeadLetter:
 
 _LOGGED_FIELDS = tuple(f.name for f in fields(DeadLetter) if f.name != "payload")
 
+PREVIEW_CHARS = 1024
+"""A cut-down payload keeps this much (bytes of a raw value, characters of a repr)."""
+
+
+class DeadLetterError(RuntimeError):
+    """No destination took a dead letter (each was also tried with the payload cut down)."""
+
+
+def preview(payload: Any, limit: int = PREVIEW_CHARS) -> Any:
+    """The payload cut down: raw bytes to ``limit`` bytes, anything else to a ``repr`` of
+    at most ``limit`` characters (plain strings, so it always serializes)."""
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload[:limit])
+    try:
+        text = payload if isinstance(payload, str) else repr(payload)
+    except Exception as error:
+        text = f"<{type(payload).__name__}: repr failed: {type(error).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def shortened(letter: DeadLetter, limit: int = PREVIEW_CHARS) -> DeadLetter | None:
+    """The letter with its payload cut down, or None when that would change nothing."""
+    cut = preview(letter.payload, limit)
+    if type(cut) is type(letter.payload) and cut == letter.payload:
+        return None
+    return dataclasses.replace(letter, payload=cut, reason=f"{letter.reason} (payload cut down)")
+
+
+def where(letter: DeadLetter) -> dict[str, Any]:
+    """The letter's fields but the payload, for a log line."""
+    return {name: value for name in _LOGGED_FIELDS if (value := getattr(letter, name)) is not None}
+
+
+async def send_with_fallback(destination: DeadLetterSink, letter: DeadLetter) -> DeadLetter:
+    """Send ``letter``; if that fails, send it once more with the payload cut down (too
+    large, not serializable, ...). Returns the letter that was sent; raises the last error."""
+    try:
+        await destination.send(letter)
+        return letter
+    except Exception as error:
+        cut = shortened(letter)
+        if cut is None:
+            raise
+        log.warning(
+            "dead letter not sent; retrying with the payload cut down",
+            destination=type(destination).__name__,
+            error=f"{type(error).__name__}: {error}",
+            **where(letter),
+        )
+        await destination.send(cut)
+        return cut
+
 
 class DeadLetterSink(Protocol):
     """Where dead letters go; ``send`` returns once the letter is durable."""
@@ -58,11 +111,22 @@ class MemoryDeadLetters:
 
 
 class FanOutDeadLetters:
-    """Sends each dead letter to every destination in turn."""
+    """Sends each dead letter to every destination in turn, each falling back to a cut-down
+    payload; the letter is kept when at least one destination took it (the others are the
+    fallback: store and Kafka for each other). Raises ``DeadLetterError`` when none did."""
 
     def __init__(self, *destinations: DeadLetterSink) -> None:
         self.destinations = destinations
+        self.failures = 0
 
     async def send(self, letter: DeadLetter) -> None:
+        errors: list[str] = []
         for destination in self.destinations:
-            await destination.send(letter)
+            try:
+                await send_with_fallback(destination, letter)
+            except Exception as error:
+                self.failures += 1
+                errors.append(f"{type(destination).__name__}: {type(error).__name__}: {error}")
+                log.warning("dead letter destination failed", error=errors[-1], **where(letter))
+        if len(errors) == len(self.destinations):
+            raise DeadLetterError("no dead-letter destination took it: " + "; ".join(errors))

@@ -13,6 +13,10 @@ import structlog
 log = structlog.get_logger("headrace.sinks")
 
 
+class SinkClosedError(RuntimeError):
+    """A result was handed to a sink after it was closed."""
+
+
 @runtime_checkable
 class Sink(Protocol):
     """A destination for graph results."""

@@ -33,3 +33,8 @@ class RuntimeConfigError(ValueError):
 
 class GraphHalted(RuntimeError):
     """A graph with ``on_error = "stop"`` failed for good; its reactor stops firing."""
+
+
+class SinkFailed(RuntimeError):
+    """A sink failed for good (a fatal client error): its reactor stops, nothing is
+    dead-lettered, and the inputs stay unsettled so they are consumed again after a restart."""

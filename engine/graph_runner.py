@@ -1,4 +1,11 @@
-"""Runs one graph for one fire: retries, sinks, dead letters, the ``on_error`` policy."""
+"""Runs one graph for one fire: retries, sinks, dead letters, the ``on_error`` policy.
+
+A sink may ``classify(error)`` a delivery error as ``fatal`` (the sink is unusable: the
+component fails, nothing is dead-lettered and the inputs stay unsettled), ``retriable``
+(the destination was away: send again with backoff, the inputs held until it worked) or
+``permanent`` (retry per the graph's policy, then dead-letter). Sending a dead letter
+never fails the reactor: when no destination takes it, it is logged as the last resort.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +17,15 @@ from typing import Any
 
 import structlog
 
-from headrace.connectors.dead_letters import DeadLetter, DeadLetterSink
+from headrace.connectors.dead_letters import (
+    DeadLetter,
+    DeadLetterSink,
+    preview,
+    send_with_fallback,
+    where,
+)
 from headrace.connectors.sinks import Sink
-from headrace.engine.errors import GraphHalted, NodeExecutionError
+from headrace.engine.errors import GraphHalted, NodeExecutionError, SinkFailed
 from headrace.engine.graph.builder import ComputationGraph, OnError
 from headrace.engine.observers import ExecutionRecord, Observers
 from headrace.reactors import Fire
@@ -34,13 +47,19 @@ class GraphRunner:
         sinks: Sequence[Sink],
         dead_letters: DeadLetterSink,
         observers: Observers,
+        fail: Callable[[str, BaseException | str], None] | None = None,
+        max_redelivery_backoff: float = 5.0,
     ) -> None:
         self.graph = graph
         self.sinks = list(sinks)
         self.dead_letters = dead_letters
         self.observers = observers
+        self.fail = fail
+        self.max_redelivery_backoff = max_redelivery_backoff
         self.executions = 0
         self.failures = 0
+        self.redeliveries = 0
+        self.lost_dead_letters = 0
         self.last_error: str | None = None
         self.last_duration: float | None = None
         # Sinks with ``submit`` are not awaited per fire (on_error="stop" must see failures).
@@ -68,13 +87,70 @@ class GraphRunner:
                         accepted = submit(
                             self.name, outputs, partial(self._durable, fire, sink, outputs, release)
                         )
+                    except Exception as error:
+                        release()
+                        if _kind(sink, error) == "fatal":
+                            self._sink_fatal(sink, error)
+                            raise SinkFailed(
+                                f"sink {_sink_name(sink)} failed for good: {error}"
+                            ) from error
+                        raise
                     except BaseException:
                         release()
                         raise
                     if accepted:
                         continue
                     release()
+                await self._send(sink, outputs)
+
+    async def _send(self, sink: Sink, outputs: dict[str, Any]) -> None:
+        """Deliver now; a retriable failure is retried here until it works (backpressure)."""
+        try:
+            await sink.send(self.name, outputs)
+        except Exception as error:
+            kind = _kind(sink, error)
+            if kind == "fatal":
+                self._sink_fatal(sink, error)
+                raise SinkFailed(f"sink {_sink_name(sink)} failed for good: {error}") from error
+            if kind != "retriable":
+                raise
+            await self._send_until_delivered(sink, outputs, error)
+
+    async def _send_until_delivered(
+        self, sink: Sink, outputs: dict[str, Any], error: BaseException
+    ) -> None:
+        """Send again with backoff while the errors are retriable; raise on any other."""
+        attempt = 1
+        while True:
+            delay = min(self.max_redelivery_backoff, self.graph.retry.backoff * 2 ** (attempt - 1))
+            self.redeliveries += 1
+            log.warning(
+                "sink delivery failed; retrying",
+                graph=self.name,
+                sink=_sink_name(sink),
+                attempt=attempt,
+                retry_in=delay,
+                error=str(error),
+            )
+            await asyncio.sleep(delay)
+            attempt += 1
+            try:
                 await sink.send(self.name, outputs)
+                return
+            except Exception as failure:
+                error = failure
+                kind = _kind(sink, failure)
+                if kind == "fatal":
+                    self._sink_fatal(sink, failure)
+                    raise SinkFailed(
+                        f"sink {_sink_name(sink)} failed for good: {failure}"
+                    ) from failure
+                if kind != "retriable":
+                    raise
+
+    def _sink_fatal(self, sink: Sink, error: BaseException) -> None:
+        if self.fail is not None:
+            self.fail(f"sink:{_sink_name(sink)}", error)
 
     def _durable(
         self,
@@ -102,31 +178,59 @@ class GraphRunner:
         release: Callable[[], None],
         error: BaseException,
     ) -> None:
-        """Retry a failed delivery per the retry policy, then dead-letter the execution."""
-        policy = self.graph.retry
-        for attempt in range(2, policy.attempts + 1):
-            log.warning(
-                "sink delivery failed", graph=self.name, attempt=attempt - 1, error=str(error)
-            )
-            await asyncio.sleep(policy.delay(attempt - 1))
-            try:
-                await sink.send(self.name, outputs)
+        """A submitted result failed: send it again (retriable errors: until it works; others:
+        per the retry policy, then dead-letter the execution). A fatal sink error keeps the
+        inputs unsettled (they are consumed again after a restart) and dead-letters nothing."""
+        kind = _kind(sink, error)
+        if kind == "fatal":
+            self._sink_fatal(sink, error)
+            return
+        try:
+            if kind == "retriable":
+                await self._send_until_delivered(sink, outputs, error)
                 release()
                 return
-            except Exception as failure:
-                error = failure
+            policy = self.graph.retry
+            for attempt in range(2, policy.attempts + 1):
+                log.warning(
+                    "sink delivery failed", graph=self.name, attempt=attempt - 1, error=str(error)
+                )
+                await asyncio.sleep(policy.delay(attempt - 1))
+                try:
+                    await self._send(sink, outputs)
+                    release()
+                    return
+                except SinkFailed:
+                    return
+                except Exception as failure:
+                    error = failure
+        except SinkFailed:
+            return
+        except Exception as failure:  # a permanent error after retriable ones
+            error = failure
         self.failures += 1
         self.last_error = f"sink delivery failed: {error}"
         letter = DeadLetter(
             kind="execution", reason=self.last_error, payload=fire.inputs, graph=self.name
         )
-        try:
-            await self.dead_letters.send(letter)
-        except Exception:  # neither delivered nor dead-lettered: the inputs stay unsettled
-            log.exception("dead letter for an undeliverable result failed", graph=self.name)
-            return
-        self.observers.on_dead_letter(letter)
+        await self._dead_letter(letter)
         release()
+
+    async def _dead_letter(self, letter: DeadLetter) -> None:
+        """Send a dead letter (once more cut down if that fails); never raises: when no
+        destination takes it, the letter is logged instead, as the last resort."""
+        try:
+            sent = await send_with_fallback(self.dead_letters, letter)
+        except Exception as error:
+            self.lost_dead_letters += 1
+            log.error(
+                "dead letter not sent: logged here as the last resort",
+                error=f"{type(error).__name__}: {error}",
+                payload=preview(letter.payload),
+                **where(letter),
+            )
+            return
+        self.observers.on_dead_letter(sent)
 
     async def run(self, fire: Fire) -> None:
         started, clock = time.time(), time.perf_counter()
@@ -138,6 +242,8 @@ class GraphRunner:
                 await self._attempt(fire)
                 error = None
                 break
+            except SinkFailed:
+                raise  # the sink is unusable: fail the reactor, keep the inputs unsettled
             except Exception as failure:
                 error = failure
                 log.warning(
@@ -185,14 +291,34 @@ class GraphRunner:
             graph=self.name,
             node=node,
         )
-        await self.dead_letters.send(letter)
-        self.observers.on_dead_letter(letter)
+        await self._dead_letter(letter)
+
+    def pending(self) -> list[asyncio.Task[None]]:
+        """Redeliveries still running (each holds its fire's inputs unsettled)."""
+        return list(self._redeliveries)
 
     def health(self) -> dict[str, Any]:
         return {
             "reactor": self.graph.reactor_name,
             "executions": self.executions,
             "failures": self.failures,
+            "redeliveries": self.redeliveries,
+            "lost_dead_letters": self.lost_dead_letters,
             "last_error": self.last_error,
             "last_duration": self.last_duration,
         }
+
+
+def _kind(sink: Sink, error: BaseException) -> str:
+    classify = getattr(sink, "classify", None)
+    if classify is None:
+        return "permanent"
+    try:
+        return str(classify(error))
+    except Exception:
+        return "permanent"
+
+
+def _sink_name(sink: Sink) -> str:
+    topic = getattr(sink, "topic", None)
+    return f"{type(sink).__name__}({topic})" if topic else type(sink).__name__

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from functools import partial
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -26,6 +27,7 @@ from headrace.engine.graph.builder import ComputationGraph, ComputationGraphBuil
 from headrace.engine.graph.registry import get_graph, registered_graphs
 from headrace.engine.graph_runner import GraphRunner
 from headrace.engine.observers import Observers
+from headrace.engine.supervision import ComponentFailure, FailureListener, Supervisor, describe
 from headrace.reactors import Fire, ReactorLoop, ReactorSpec, find_reactor, reactor_name_of
 
 log = structlog.get_logger("headrace.runtime")
@@ -67,6 +69,7 @@ class Runtime:
         sources: Sequence[Source] = (),
         observers: Sequence[Any] = (),
         channel_size: int | None = None,
+        redelivery_timeout: float = 30.0,
     ) -> None:
         self._graph_refs = graphs
         self._reactor_refs = reactors
@@ -77,11 +80,14 @@ class Runtime:
         self.sources = list(sources)
         self.observers = Observers(list(observers))
         self.channel_size = channel_size
+        self.redelivery_timeout = redelivery_timeout
         self.graphs: dict[str, GraphRunner] = {}
         self.reactors: dict[str, ReactorLoop] = {}
         self.accumulators: dict[str, AccumulatorRunner] = {}
         self.started_at: float | None = None
+        self.supervisor = Supervisor()
         self._running = False
+        self._stopped = False
 
     # -- wiring ------------------------------------------------------------------------
     def _resolve_graphs(self) -> list[ComputationGraph]:
@@ -149,6 +155,7 @@ class Runtime:
                     self.sinks + self.graph_sinks.get(g.name, []),
                     self.dead_letters,
                     self.observers,
+                    fail=self.fail,
                 )
                 for g in graphs
                 if g.reactor_name == reactor.name
@@ -182,18 +189,71 @@ class Runtime:
 
         return handle
 
+    # -- supervision -------------------------------------------------------------------
+    def supervise(self, task: asyncio.Task[Any], component: str) -> None:
+        """Watch a long-lived task: if it raises, or ends at all while the runtime is not
+        stopping, ``component`` fails (logged with the cause, health failed, listeners told).
+        """
+        self.supervisor.supervise(task, component)
+
+    def fail(self, component: str, reason: BaseException | str) -> None:
+        """Report a failure from a callback (say, a fatal librdkafka error); any thread."""
+        self.supervisor.fail(component, reason)
+
+    def add_failure_listener(self, listener: FailureListener) -> None:
+        """``listener(failure)`` runs on the event loop for each component failure."""
+        self.supervisor.add_listener(listener)
+
+    @property
+    def failures(self) -> dict[str, ComponentFailure]:
+        """Failed components by name, first failure only."""
+        return self.supervisor.failures
+
+    @property
+    def stopping(self) -> bool:
+        return self.supervisor.stopping
+
+    def _report_fatal_errors(self, part: Any, component: str) -> None:
+        """A part with an ``on_fatal`` hook (Kafka sinks, dead letters) fails its component
+        on a fatal client error, unless its owner set the hook already."""
+        if hasattr(part, "on_fatal") and part.on_fatal is None:
+            part.on_fatal = lambda error: self.fail(component, f"fatal client error: {error}")
+
+    def _supervise_parts(self) -> None:
+        for name, runner in self.accumulators.items():
+            task = _task_of(runner)
+            if task is not None:
+                self.supervise(task, f"accumulator:{name}")
+        for name, loop in self.reactors.items():
+            task = _task_of(loop)
+            if task is not None:
+                self.supervisor.supervise(
+                    task, f"reactor:{name}", explain=partial(_reactor_error, loop)
+                )
+        for source in self.sources:
+            task = _task_of(source)
+            if task is not None:
+                group = getattr(source, "group_id", None)
+                self.supervise(task, f"{type(source).__name__}:{group}" if group else "source")
+
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         """Check the wiring, then start sinks, accumulators, reactors and sources."""
+        self.supervisor.bind(asyncio.get_running_loop())
+        self.supervisor.stopping = False
+        self._stopped = False
         self._wire()
         for sink in {id(s): s for s in self._all_sinks()}.values():
+            self._report_fatal_errors(sink, f"sink:{_name_of(sink)}")
             await sink.start()
+        self._report_fatal_errors(self.dead_letters, f"dead-letters:{_name_of(self.dead_letters)}")
         for runner in self.accumulators.values():
             await runner.start()
         for loop in self.reactors.values():
             loop.start()
         for source in self.sources:
             await source.start(self)
+        self._supervise_parts()
         self.started_at = time.time()
         self._running = True
         log.info(
@@ -206,22 +266,71 @@ class Runtime:
     def _all_sinks(self) -> list[Sink]:
         return self.sinks + [s for sinks in self.graph_sinks.values() for s in sinks]
 
-    async def stop(self, drain: bool = True) -> None:
-        """Stop fetching, flush batches, finish (and with ``drain``, empty) reactors, commit."""
+    async def stop(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop fetching, flush batches, finish (and with ``drain``, empty) reactors, wait
+        for redeliveries (up to ``timeout`` seconds, default ``redelivery_timeout``), flush
+        sinks, commit.
+
+        Every step runs even when an earlier one failed (a dead part must not keep the
+        others from draining, nor the sources from committing and leaving their group);
+        the failures are raised together at the end as ``RuntimeStopError``.
+        """
         if not self._running:
             return
         self._running = False
-        for source in self.sources:
-            await source.stop()
-        for runner in self.accumulators.values():
-            await runner.stop()
-        for loop in self.reactors.values():
-            await loop.stop(drain=drain)
-        for sink in {id(s): s for s in self._all_sinks()}.values():
-            await sink.close()
-        for source in self.sources:
-            await source.close()
+        self.supervisor.stopping = True
+        problems: list[str] = []
+        try:
+            for source in self.sources:
+                await self._step(problems, f"stopping source {_name_of(source)}", source.stop())
+            for name, runner in self.accumulators.items():
+                await self._step(problems, f"stopping accumulator {name!r}", runner.stop())
+            for name, loop in self.reactors.items():
+                await self._step(problems, f"stopping reactor {name!r}", loop.stop(drain=drain))
+            wait = self.redelivery_timeout if timeout is None else timeout
+            await self._step(problems, "waiting for redeliveries", self._settle(wait))
+            for sink in {id(s): s for s in self._all_sinks()}.values():
+                await self._step(problems, f"closing sink {_name_of(sink)}", sink.close())
+        finally:
+            for source in self.sources:
+                await self._step(problems, f"closing source {_name_of(source)}", source.close())
+            self._stopped = True
+        if problems:
+            log.error("runtime stopped with errors", errors=problems)
+            raise RuntimeStopError("; ".join(problems))
         log.info("runtime stopped")
+
+    @staticmethod
+    async def _step(problems: list[str], what: str, step: Awaitable[Any]) -> None:
+        """Await one shutdown step; a failure is logged and noted, not raised."""
+        try:
+            await step
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the stop itself is cancelled (drain timeout): not a step failure
+            problems.append(f"{what}: cancelled")
+            log.error("shutdown step failed", step=what, error="cancelled")
+        except Exception as error:
+            problems.append(f"{what}: {describe(error)}")
+            log.error("shutdown step failed", step=what, error=describe(error), exc_info=error)
+
+    async def _settle(self, timeout: float) -> None:
+        """Wait for every graph's pending redeliveries (results retried after a failed
+        delivery, or dead-lettered) so their inputs are settled before the final commit."""
+        pending = [task for runner in self.graphs.values() for task in runner.pending()]
+        if not pending:
+            return
+        log.info("waiting for pending redeliveries", count=len(pending), timeout=timeout)
+        _done, still = await asyncio.wait(pending, timeout=timeout)
+        if still:
+            for task in still:
+                task.cancel()
+            await asyncio.gather(*still, return_exceptions=True)
+            raise TimeoutError(
+                f"{len(still)} redeliveries still pending after {timeout} s: their inputs "
+                "stay uncommitted and will be consumed again"
+            )
 
     async def __aenter__(self) -> Runtime:
         await self.start()
@@ -284,6 +393,18 @@ class Runtime:
     def failed(self) -> list[str]:
         return [name for name, loop in self.reactors.items() if loop.state.value == "failed"]
 
+    def status(self) -> str:
+        """``failed`` once a component failed, else ``running``/``stopping``/``stopped``."""
+        if self.supervisor.failed:
+            return "failed"
+        if self._running:
+            return "running"
+        return "stopping" if self.supervisor.stopping and not self._stopped else "stopped"
+
+    def ready(self) -> bool:
+        """Running and no component failed: what ``/v1/health/ready`` reports."""
+        return self._running and not self.supervisor.failed
+
     def health(self) -> dict[str, Any]:
         graphs = {}
         for name, runner in self.graphs.items():
@@ -294,6 +415,8 @@ class Runtime:
                 "accumulators": {a: self.accumulators[a].health() for a in loop.spec.accumulators},
             }
         return {
+            "status": self.status(),
+            "failures": self.supervisor.health(),
             "graphs": graphs,
             "reactors": {name: loop.health() for name, loop in self.reactors.items()},
             "accumulators": {name: r.health() for name, r in self.accumulators.items()},
@@ -301,4 +424,23 @@ class Runtime:
         }
 
 
-__all__ = ["GraphHalted", "Runtime", "Source"]
+class RuntimeStopError(RuntimeError):
+    """One or more shutdown steps failed; the others still ran."""
+
+
+def _name_of(part: Any) -> str:
+    name = getattr(part, "group_id", None) or getattr(part, "topic", None)
+    return f"{type(part).__name__}({name})" if name else type(part).__name__
+
+
+def _task_of(part: Any) -> asyncio.Task[Any] | None:
+    """The long-lived task a part runs (its ``task`` or ``_task``), if any."""
+    task = getattr(part, "task", None) or getattr(part, "_task", None)
+    return task if isinstance(task, asyncio.Task) else None
+
+
+def _reactor_error(loop: ReactorLoop) -> str | None:
+    return f"reactor stopped after a failed fire: {loop.last_error}" if loop.last_error else None
+
+
+__all__ = ["ComponentFailure", "GraphHalted", "Runtime", "RuntimeStopError", "Source"]

@@ -31,6 +31,7 @@ from headrace.connectors.sinks import CallbackSink, LogSink, Sink, StoreSink
 from headrace.engine.config.loader import LoadedConfig, resolve_ref
 from headrace.engine.config.schema import SinkConfig, reveal
 from headrace.engine.runtime import Runtime, Source
+from headrace.engine.supervision import ComponentFailure
 
 log = structlog.get_logger("headrace.worker")
 
@@ -73,10 +74,15 @@ class Worker:
             from headrace.connectors.kafka.sink import KafkaSink
 
             producer = {**worker.producer_config(), **reveal(cfg.producer)}
-            options: dict[str, Any] = {"producer_config": producer or None}
+            options: dict[str, Any] = {
+                "producer_config": producer or None,
+                "close_timeout": self.close_timeout,
+            }
             if cfg.key is not None:
                 options["key"] = cfg.key
-            return KafkaSink(self._kafka_settings()["bootstrap_servers"], cfg.topic, **options)
+            sink = KafkaSink(self._kafka_settings()["bootstrap_servers"], cfg.topic, **options)
+            sink.on_fatal = self._fatal_reporter(f"sink:{name}")
+            return sink
         if cfg.type == "log":
             return LogSink()
         if cfg.type == "callback":
@@ -103,14 +109,29 @@ class Worker:
                 topic_suffix=worker.dead_letters.topic_suffix,
                 execution_topic=worker.dead_letters.execution_topic,
                 producer_config=worker.producer_config() or None,
+                close_timeout=self.close_timeout,
             )
+            self.kafka_dead_letters.on_fatal = self._fatal_reporter("dead-letters:kafka")
             destinations.append(self.kafka_dead_letters)
         if worker.dead_letters.state_store and self.store is not None:
             destinations.append(self.store)
         if not destinations:
             return MemoryDeadLetters()  # logs each letter itself
-        inner = destinations[0] if len(destinations) == 1 else FanOutDeadLetters(*destinations)
-        return LoggedDeadLetters(inner)
+        # Each letter goes to every destination; one that fails falls back to the others.
+        return LoggedDeadLetters(FanOutDeadLetters(*destinations))
+
+    @property
+    def close_timeout(self) -> float:
+        """How long a producer's close waits for deliveries: a fifth of ``drain_timeout``,
+        so the final commit after it always fits in the drain."""
+        return max(0.5, self.config.worker.drain_timeout / 5)
+
+    def _fatal_reporter(self, component: str) -> Callable[[Any], None]:
+        def report(error: Any) -> None:
+            if self.runtime is not None:
+                self.runtime.fail(component, f"fatal Kafka error: {error}")
+
+        return report
 
     def build_sources(self) -> list[Source]:
         worker = self.config.worker
@@ -211,28 +232,71 @@ class Worker:
         return remove
 
     # -- running ---------------------------------------------------------------------------
+    def _on_failure(self, failure: ComponentFailure) -> None:
+        """A supervised component failed: drain what can be drained, then exit 1."""
+        self.exit_code = EXIT_FAILURE
+        if self._stop.is_set():
+            return
+        if self.runtime is not None and self.runtime.failed():
+            self._halted()
+        else:
+            log.error(
+                "stopping the worker: a component failed",
+                component=failure.component,
+                reason=failure.reason,
+            )
+        self._stop.set()
+
+    def _halted(self) -> None:
+        assert self.runtime is not None
+        failed = self.runtime.failed()
+        errors = {name: self.runtime.reactors[name].last_error for name in failed}
+        log.error("graph halted: stopping the worker", reactors=failed, errors=errors)
+
+    def _threads(self) -> dict[str, Callable[[], bool]]:
+        """Background threads that must stay alive while the worker runs, by component."""
+        threads: dict[str, Callable[[], bool]] = {}
+        writer = getattr(self.store, "_thread", None)
+        if writer is not None:
+            threads["state-store-writer"] = writer.is_alive
+        parts = [(f"sink:{name}", sink) for name, sink in self.sinks.items()]
+        parts.append(("dead-letters:kafka", self.kafka_dead_letters))
+        for component, part in parts:
+            producer = getattr(part, "producer", None)
+            if producer is not None and hasattr(producer, "poll_thread_alive"):
+                threads[component] = producer.poll_thread_alive
+        return threads
+
     async def _watch(self, interval: float = 0.2) -> None:
-        """Stop the worker when a graph halts (``on_error = "stop"``)."""
+        """Stop the worker when a graph halts (``on_error = "stop"``) or a thread died.
+
+        Supervised tasks and reported failures stop it at once through ``_on_failure``.
+        """
         assert self.runtime is not None
         while not self._stop.is_set():
-            failed = self.runtime.failed()
-            if failed:
-                errors = {name: self.runtime.reactors[name].last_error for name in failed}
-                log.error("graph halted: stopping the worker", reactors=failed, errors=errors)
+            if self.runtime.failed():
+                self._halted()
                 self.exit_code = EXIT_FAILURE
                 self._stop.set()
                 return
+            for component, alive in self._threads().items():
+                if not alive():
+                    self.runtime.fail(component, "background thread died")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), interval)
 
     async def start(self) -> None:
         """Open the store, start HTTP and the runtime, restore stored values."""
         runtime = self.runtime or self.build()
+        runtime.add_failure_listener(self._on_failure)
         if self.store is not None:
             await asyncio.to_thread(self.store.open)
         self.http = self.build_http()
         if self.http is not None:
             await self.http.start()
+            task = getattr(self.http, "_task", None)
+            if task is not None:
+                runtime.supervise(task, "http-api")
         await runtime.start()
         if self.store is not None:
             restored = await self.store.restore_into(runtime)
@@ -255,7 +319,7 @@ class Worker:
         timeout = self.config.worker.drain_timeout
         if self.runtime is not None:
             try:
-                await asyncio.wait_for(self.runtime.stop(drain=True), timeout)
+                await asyncio.wait_for(self.runtime.stop(drain=True, timeout=timeout / 3), timeout)
             except TimeoutError:
                 log.error("drain did not finish in time", drain_timeout=timeout)
                 self.exit_code = EXIT_FAILURE

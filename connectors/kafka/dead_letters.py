@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
 
 from headrace.connectors.dead_letters import DeadLetter
-from headrace.connectors.kafka.producer import DeliveryProducer
+from headrace.connectors.kafka.producer import DeliveryProducer, FatalHandler
 
 
 def _jsonable(value: Any) -> Any:
@@ -19,12 +20,26 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+def _plain(value: Any) -> Any:
+    """Plain JSON data for the standard library's encoder (it writes ints of any size)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else repr(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(item) for item in value]
+    return _jsonable(value)
+
+
 def _raw(payload: Any) -> bytes | None:
     if payload is None or isinstance(payload, bytes):
         return payload
     if isinstance(payload, str):
         return payload.encode()
-    return orjson.dumps(payload, default=_jsonable, option=orjson.OPT_NON_STR_KEYS)
+    try:
+        return orjson.dumps(payload, default=_jsonable, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # orjson refuses ints beyond 64 bits (and a few other values)
+        return json.dumps(_plain(payload), separators=(",", ":"), default=repr).encode()
 
 
 class KafkaDeadLetters:
@@ -43,11 +58,21 @@ class KafkaDeadLetters:
         topic_suffix: str = ".dlq",
         execution_topic: str = "headrace.dead_letters",
         producer_config: dict[str, Any] | None = None,
+        close_timeout: float = 10.0,
     ) -> None:
         self.topic_suffix = topic_suffix
         self.execution_topic = execution_topic
+        self.close_timeout = close_timeout
         self.producer = DeliveryProducer(bootstrap_servers, producer_config, name="dead-letters")
         self.sent = 0
+
+    @property
+    def on_fatal(self) -> FatalHandler | None:
+        return self.producer.on_fatal
+
+    @on_fatal.setter
+    def on_fatal(self, handler: FatalHandler | None) -> None:
+        self.producer.on_fatal = handler
 
     async def start(self) -> None:
         self.producer.start()
@@ -93,7 +118,7 @@ class KafkaDeadLetters:
         self.sent += 1
 
     async def close(self) -> None:
-        await self.producer.close()
+        await self.producer.close(self.close_timeout)
 
     def health(self) -> dict[str, Any]:
         return {"sent": self.sent, **self.producer.health()}

@@ -36,20 +36,73 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 }
 
 
+FatalHandler = Callable[[KafkaError], None]
+"""Told (on the client's thread) about a fatal client error: the client is unusable."""
+
+RETRIABLE_CODES = frozenset(
+    {
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._QUEUE_FULL,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NOT_ENOUGH_REPLICAS,
+        KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.BROKER_NOT_AVAILABLE,
+        KafkaError.NETWORK_EXCEPTION,
+    }
+)
+"""Delivery errors that only mean Kafka was away for a while: send again, later."""
+
+
+def kafka_error(error: BaseException | None) -> KafkaError | None:
+    if isinstance(error, KafkaException) and error.args and isinstance(error.args[0], KafkaError):
+        return error.args[0]
+    return None
+
+
+def error_kind(error: BaseException) -> str:
+    """``"fatal"`` (the client is unusable), ``"retriable"`` (Kafka was away: send again
+    with backoff) or ``"permanent"`` (this message will never go: dead-letter it)."""
+    if isinstance(error, BufferError):
+        return "retriable"  # local queue full
+    kafka = kafka_error(error)
+    if kafka is None:
+        return "permanent"
+    if kafka.fatal():
+        return "fatal"
+    if kafka.code() in RETRIABLE_CODES or kafka.retriable():
+        return "retriable"
+    return "permanent"
+
+
 class ErrorLog:
     """Logs client errors (broker down, ...) without flooding: each kind once per interval.
 
-    librdkafka keeps reconnecting by itself; these are reports, not failures to act on.
+    librdkafka keeps reconnecting by itself; these are reports, not failures to act on,
+    except a fatal error (a fenced idempotent producer, say): it goes to ``on_fatal``.
     """
 
     def __init__(self, what: str, interval: float = 30.0) -> None:
         self.what = what
         self.interval = interval
         self.count = 0
+        self.fatal: KafkaError | None = None
+        self.on_fatal: FatalHandler | None = None
         self._last: dict[int, tuple[float, int]] = {}
 
     def __call__(self, error: KafkaError) -> None:
         self.count += 1
+        if error.fatal():
+            self.fatal = self.fatal or error
+            if self.on_fatal is not None:
+                try:
+                    self.on_fatal(error)
+                except Exception:  # never raise into librdkafka
+                    log.exception(f"kafka {self.what}: fatal error handler failed")
         now = time.monotonic()
         last, suppressed = self._last.get(error.code(), (-self.interval, 0))
         if now - last < self.interval and not error.fatal():
@@ -95,6 +148,18 @@ class DeliveryProducer:
     @property
     def started(self) -> bool:
         return self._producer is not None
+
+    @property
+    def on_fatal(self) -> FatalHandler | None:
+        return self.errors.on_fatal
+
+    @on_fatal.setter
+    def on_fatal(self, handler: FatalHandler | None) -> None:
+        self.errors.on_fatal = handler
+
+    def poll_thread_alive(self) -> bool:
+        """False once started and the thread serving delivery reports is gone."""
+        return self._producer is None or (self._thread is not None and self._thread.is_alive())
 
     def start(self) -> None:
         """Create the producer and its poll thread; call from the event loop."""

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from headrace.connectors.kafka.producer import Delivered, DeliveryProducer
+from headrace.connectors.kafka.producer import (
+    Delivered,
+    DeliveryProducer,
+    FatalHandler,
+    error_kind,
+)
+from headrace.connectors.sinks import SinkClosedError
 
 KeyFunction = Callable[[str, dict[str, Any]], bytes | str | None]
 
@@ -21,9 +28,26 @@ def _default(value: Any) -> Any:
     raise TypeError(f"cannot serialize {type(value).__name__} to JSON")
 
 
+def plain(value: Any) -> Any:
+    """``value`` as plain JSON data for the standard library's encoder (any size of int)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    return plain(_default(value))
+
+
 def json_serializer(value: Any) -> bytes:
-    """JSON with orjson; pydantic models and sets are converted."""
-    return orjson.dumps(value, default=_default, option=orjson.OPT_NON_STR_KEYS)
+    """JSON with orjson; pydantic models and sets are converted. Integers beyond 64 bits
+    (which orjson refuses) go through the standard library's encoder instead."""
+    try:
+        return orjson.dumps(value, default=_default, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError as error:
+        if "Integer exceeds 64-bit range" not in str(error):
+            raise
+        return json.dumps(plain(value), separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def key_from_path(path: str) -> KeyFunction:
@@ -60,17 +84,42 @@ class KafkaSink:
         serializer: Callable[[Any], bytes] = json_serializer,
         producer_config: dict[str, Any] | None = None,
         max_in_flight: int = 100_000,
+        close_timeout: float = 10.0,
     ) -> None:
         self.topic = topic
         self.key = key_from_path(key) if isinstance(key, str) else key
         self.serializer = serializer
+        self.close_timeout = close_timeout
         self.producer = DeliveryProducer(
             bootstrap_servers, producer_config, max_in_flight=max_in_flight, name="sink"
         )
         self._headers: dict[str, list[tuple[str, bytes]]] = {}
+        self._closed = False
+
+    @property
+    def on_fatal(self) -> FatalHandler | None:
+        """Told about a fatal producer error (the runtime fails the sink's component)."""
+        return self.producer.on_fatal
+
+    @on_fatal.setter
+    def on_fatal(self, handler: FatalHandler | None) -> None:
+        self.producer.on_fatal = handler
+
+    @staticmethod
+    def classify(error: BaseException) -> str:
+        """``fatal``, ``retriable`` (Kafka away: send again) or ``permanent``."""
+        return error_kind(error)
 
     async def start(self) -> None:
+        self._closed = False
         self.producer.start()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SinkClosedError(
+                f"kafka sink for topic {self.topic!r} is closed: it takes no results after "
+                "close() (the worker is shutting down)"
+            )
 
     def _encode(self, graph: str, outputs: dict[str, Any]) -> tuple[Any, ...]:
         headers = self._headers.get(graph)
@@ -81,18 +130,22 @@ class KafkaSink:
 
     def submit(self, graph: str, outputs: dict[str, Any], delivered: Delivered) -> bool:
         """Produce now; ``delivered(error)`` follows on the loop. False: too busy, ``send``."""
+        self._check_open()
         value, key, headers = self._encode(graph, outputs)
         return self.producer.produce_nowait(self.topic, value, key, headers, delivered)
 
     async def send(self, graph: str, outputs: dict[str, Any]) -> None:
+        self._check_open()
         if not self.producer.started:
             await self.start()
         value, key, headers = self._encode(graph, outputs)
         await self.producer.produce(self.topic, value, key, headers)
 
     async def close(self) -> None:
-        """Wait for every result in flight to be confirmed, then close the producer."""
-        await self.producer.close()
+        """Wait (up to ``close_timeout``) for every result in flight to be confirmed, then
+        close the producer; later ``send``/``submit`` calls raise ``SinkClosedError``."""
+        self._closed = True
+        await self.producer.close(self.close_timeout)
 
     def health(self) -> dict[str, Any]:
         return {"topic": self.topic, **self.producer.health()}

@@ -76,8 +76,14 @@ print(s.getsockname()[1])'
 }
 
 cluster_id() {
-  # A Kafka Uuid: 16 random bytes, base64url without padding (22 chars).
-  head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'
+  # A Kafka Uuid: 16 random bytes, base64url without padding (22 chars). One that starts
+  # with "-" would read as an option to the storage tool (1 in 64 runs): draw again.
+  local id
+  while :; do
+    id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+    [[ "$id" != -* ]] && break
+  done
+  echo "$id"
 }
 
 alive() {  # pid exists and is not a zombie (PID 1 here reaps orphans lazily)

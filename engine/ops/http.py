@@ -43,6 +43,12 @@ class Live(BaseModel):
     status: str
 
 
+class Ready(BaseModel):
+    status: str
+    ready: bool
+    failures: dict[str, dict[str, Any]]
+
+
 class GraphHealth(_Open):
     state: str
     fire_count: int
@@ -131,6 +137,16 @@ def create_app(
         return Live(status="ok")
 
     api = APIRouter(dependencies=[Depends(authorize)])
+
+    @api.get("/v1/health/ready", tags=["health"], responses={503: {"model": Ready}})
+    async def ready() -> Any:
+        """Readiness: 200 while the runtime runs and no component failed, else 503."""
+        body = Ready(
+            status=runtime.status(), ready=runtime.ready(), failures=runtime.supervisor.health()
+        )
+        if body.ready:
+            return body
+        return JSONResponse(body.model_dump(), status_code=503)
 
     @api.get("/v1/health/graphs", tags=["health"])
     async def graphs_health() -> dict[str, GraphHealth]:

@@ -4,15 +4,28 @@
 ``logging``, e.g. uvicorn's, through the same renderer). Level and format come from the
 command line, else ``HEADRACE_LOG_LEVEL`` / ``HEADRACE_LOG_FORMAT``, else the config file.
 Values of keys that look like secrets (password, token, sasl, ...) are masked.
+
+Logging never raises into the code that logs (a librdkafka callback, ``consumer.poll()``):
+every field is made JSON-safe first (``jsonable_fields``: a topic-partition tuple and a
+tuple dict key become ``"topic[p]"``, anything unknown its ``repr``), every processor is
+guarded, and the renderer falls back to the ``repr`` of the whole event. Each fallback is
+counted in ``LOG_FAILURES`` (the test suite fails a test that caused one).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import enum
+import json
 import logging
+import math
 import os
 import re
 import sys
-from collections.abc import MutableMapping
+import threading
+from collections.abc import Callable, Mapping, MutableMapping
+from pathlib import PurePath
 from typing import Any, TextIO
 
 import structlog
@@ -39,6 +52,166 @@ def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) 
         elif isinstance(value, str) and "://" in value and "@" in value:
             event[key] = re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", value)
     return event
+
+
+class LogFailures:
+    """How often a processor or the renderer failed and a fallback was logged instead."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last: str | None = None
+        self._lock = threading.Lock()
+
+    def note(self, what: str, error: BaseException) -> None:
+        with self._lock:
+            self.count += 1
+            self.last = f"{what}: {type(error).__name__}: {error}"
+
+
+LOG_FAILURES = LogFailures()
+
+_MAX_DEPTH = 12
+_META_KEYS = frozenset({"exc_info", "stack_info", "exception", "stack"})
+
+
+def topic_partition(topic: str, partition: int) -> str:
+    """How a topic-partition reads in logs and health: ``"topic[p]"``."""
+    return f"{topic}[{partition}]"
+
+
+def _is_tp_tuple(value: Any) -> bool:
+    return (
+        type(value) is tuple
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+        and not isinstance(value[1], bool)
+    )
+
+
+def _is_tp_object(value: Any) -> bool:  # confluent_kafka.TopicPartition, without importing it
+    return type(value).__name__ == "TopicPartition" and hasattr(value, "partition")
+
+
+def safe_repr(value: Any) -> str:
+    """``repr(value)``, or a placeholder naming the type when its ``__repr__`` raises."""
+    try:
+        return repr(value)
+    except Exception as error:
+        return f"<{type(value).__name__}: repr failed: {type(error).__name__}>"
+
+
+def _key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if _is_tp_tuple(key):
+        return topic_partition(*key)
+    if _is_tp_object(key):
+        return topic_partition(key.topic, key.partition)
+    if key is None or isinstance(key, bool | int | float):
+        return json.dumps(key)
+    if isinstance(key, enum.Enum):
+        return str(key.value)
+    return safe_repr(key)
+
+
+def jsonable(value: Any, depth: int = 0) -> Any:
+    """``value`` as JSON-native data (str/int/float/bool/None, lists, str-keyed dicts)."""
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else safe_repr(value)
+    if depth >= _MAX_DEPTH:
+        return safe_repr(value)
+    if _is_tp_tuple(value):
+        return topic_partition(*value)
+    if _is_tp_object(value):
+        offset = getattr(value, "offset", -1001)
+        name = topic_partition(value.topic, value.partition)
+        return f"{name}@{offset}" if isinstance(offset, int) and offset >= 0 else name
+    if isinstance(value, Mapping):
+        return {_key(k): jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(item, depth + 1) for item in value]
+    if isinstance(value, set | frozenset):
+        return sorted((jsonable(item, depth + 1) for item in value), key=safe_repr)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, enum.Enum):
+        return jsonable(value.value, depth + 1)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, BaseException):
+        text = str(value)
+        return f"{type(value).__name__}: {text}" if text else type(value).__name__
+    return safe_repr(value)
+
+
+def jsonable_fields(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+    """Make every field JSON-safe (keys too); see ``jsonable``."""
+    safe: dict[str, Any] = {}
+    for key, value in event.items():
+        if isinstance(key, str) and (key in _META_KEYS or key.startswith("_")):
+            safe[key] = value  # exc_info & co. are the renderer's; _record is stdlib's
+        else:
+            safe[_key(key)] = jsonable(value)
+    return safe
+
+
+Processor = Callable[[Any, str, MutableMapping[str, Any]], Any]
+
+
+def guarded(processor: Processor) -> Processor:
+    """Run ``processor``; if it raises, keep the event as it was and note the failure."""
+    name = getattr(processor, "__name__", type(processor).__name__)
+
+    def run(logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+        try:
+            return processor(logger, method, event)
+        except structlog.DropEvent:
+            raise
+        except Exception as error:
+            LOG_FAILURES.note(name, error)
+            event["log_processor_error"] = f"{name}: {type(error).__name__}: {error}"
+            return event
+
+    run.__name__ = f"guarded_{name}"
+    return run
+
+
+@dataclasses.dataclass
+class SafeRenderer:
+    """Renders with ``renderer``; on any error, a JSON line with the event's ``repr``."""
+
+    renderer: Processor
+
+    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+        try:
+            return self.renderer(logger, method, event)
+        except Exception as error:
+            LOG_FAILURES.note("renderer", error)
+            return fallback_line(method, event, error)
+
+
+def fallback_line(method: str, event: Mapping[str, Any], error: BaseException) -> str:
+    """A line that always renders: level, event name, the error and the event's repr."""
+    try:
+        fields = repr(dict(event))
+    except Exception:
+        fields = "<event not representable>"
+    try:
+        return json.dumps(
+            {
+                "level": str(method),
+                "event": str(event.get("event", "")),
+                "log_render_error": f"{type(error).__name__}: {error}",
+                "fields": fields,
+            }
+        )
+    except Exception:
+        return fields
 
 
 def lead_fields(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
@@ -76,15 +249,17 @@ def configure_logging(
         structlog.processors.StackInfoRenderer(),
     ]
     if fmt == "json":
-        renderer: Any = structlog.processors.JSONRenderer(default=repr, sort_keys=False)
-        shared += [structlog.processors.format_exc_info, lead_fields]
+        renderer = SafeRenderer(structlog.processors.JSONRenderer(default=repr, sort_keys=False))
+        shared += [structlog.processors.format_exc_info, jsonable_fields, lead_fields]
     else:
         colors = hasattr(out, "isatty") and out.isatty() and not os.environ.get("NO_COLOR")
-        renderer = structlog.dev.ConsoleRenderer(colors=colors)
+        renderer = SafeRenderer(structlog.dev.ConsoleRenderer(colors=colors))
+        shared.append(jsonable_fields)
+    shared = [guarded(processor) for processor in shared]
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=SafePrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
 
@@ -111,4 +286,35 @@ def configure_logging(
     return level, fmt
 
 
-__all__ = ["FORMATS", "LEVELS", "configure_logging", "redact_secrets", "resolve"]
+class SafePrintLogger(structlog.PrintLogger):
+    """A ``PrintLogger`` whose write errors (closed stream, broken pipe) are only counted."""
+
+    def msg(self, message: str) -> None:
+        try:
+            super().msg(message)
+        except Exception as error:
+            LOG_FAILURES.note("write", error)
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+
+class SafePrintLoggerFactory:
+    def __init__(self, file: TextIO | None = None) -> None:
+        self._file = file
+
+    def __call__(self, *args: Any) -> SafePrintLogger:
+        return SafePrintLogger(self._file)
+
+
+__all__ = [
+    "FORMATS",
+    "LEVELS",
+    "LOG_FAILURES",
+    "SafeRenderer",
+    "configure_logging",
+    "jsonable",
+    "jsonable_fields",
+    "redact_secrets",
+    "resolve",
+    "topic_partition",
+]

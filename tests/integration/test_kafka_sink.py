@@ -12,6 +12,7 @@ import pytest
 from headrace.accumulators import passthrough_accumulator
 from headrace.connectors import DeadLetter, KafkaDeadLetters, KafkaSink, MemoryDeadLetters
 from headrace.engine import ComputationGraphBuilder, Runtime, node
+from headrace.engine.runtime import RuntimeStopError
 from headrace.reactors import reactor
 from tests.fixtures.kafka_broker import consume_all, create_topic, unique_topic
 
@@ -76,29 +77,54 @@ async def test_results_are_durable_before_inputs_settle(kafka_bootstrap: str) ->
     assert {k for k, _, _, _ in records} == {str(i).encode() for i in range(-1, 200)}
 
 
-async def test_undeliverable_results_are_retried_then_dead_lettered() -> None:
-    """A broker that never answers: the inputs settle only once the execution is dead-lettered."""
+async def test_results_are_held_not_dead_lettered_while_the_broker_never_answers() -> None:
+    """A broker that never answers: deliveries time out (_MSG_TIMED_OUT) and are sent again;
+    the inputs stay unsettled (their offsets uncommitted) and nothing is dead-lettered."""
     declare("sink_down")
     sink = KafkaSink(
         f"127.0.0.1:{free_port()}",
         "nowhere",
         producer_config={"message.timeout.ms": 300, "log_level": 0},
+        close_timeout=0.5,
     )
     dead_letters = MemoryDeadLetters()
     settled: list[int] = []
-    async with Runtime(graphs=["sink_down"], sinks=[sink], dead_letters=dead_letters) as runtime:
-        runner = runtime.accumulators["sink_down_in"]
-        for i in range(3):
-            await runner.offer({"id": i, "n": i}, (lambda i=i: settled.append(i),))
-        for _ in range(200):
-            if len(settled) == 3:
-                break
-            await asyncio.sleep(0.02)
-        assert sorted(settled) == [0, 1, 2]
-    letters = [letter for letter in dead_letters.letters if letter.graph == "sink_down"]
-    assert len(letters) == 3
-    assert all(letter.kind == "execution" for letter in letters)
-    assert all("sink delivery failed" in letter.reason for letter in letters)
+    runtime = Runtime(graphs=["sink_down"], sinks=[sink], dead_letters=dead_letters)
+    await runtime.start()
+    runner = runtime.accumulators["sink_down_in"]
+    for i in range(3):
+        await runner.offer({"id": i, "n": i}, (lambda i=i: settled.append(i),))
+    graph = runtime.graphs["sink_down"]
+    async with asyncio.timeout(30):
+        while graph.redeliveries < 6:  # every result timed out and was sent again, twice
+            await asyncio.sleep(0.05)
+    assert settled == [] and dead_letters.letters == []
+    with pytest.raises(RuntimeStopError, match=r"3 redeliveries still pending after 0.5 s"):
+        await runtime.stop(timeout=0.5)
+    assert settled == [] and dead_letters.letters == []  # consumed again after a restart
+    assert graph.health()["failures"] == 0
+
+
+async def test_a_result_too_large_for_the_broker_is_dead_lettered(kafka_bootstrap: str) -> None:
+    """A permanent delivery error (MSG_SIZE_TOO_LARGE) is not retried for ever: after the
+    graph's retries the execution is dead-lettered and its input settles."""
+    declare("too_big")
+    topic = create_topic(kafka_bootstrap, unique_topic("too-big"))
+    sink = KafkaSink(kafka_bootstrap, topic, producer_config={"message.max.bytes": 1_000})
+    dead_letters = MemoryDeadLetters()
+    settled: list[int] = []
+    async with Runtime(graphs=["too_big"], sinks=[sink], dead_letters=dead_letters) as runtime:
+        runner = runtime.accumulators["too_big_in"]
+        await runner.offer({"id": 1, "n": "x" * 5_000}, (lambda: settled.append(1),))
+        await runner.offer({"id": 2, "n": 1}, (lambda: settled.append(2),))
+        async with asyncio.timeout(30):
+            while len(settled) < 2:
+                await asyncio.sleep(0.02)
+    (letter,) = dead_letters.letters
+    assert letter.kind == "execution" and "MSG_SIZE_TOO_LARGE" in letter.reason
+    assert letter.payload == {"too_big_in": {"id": 1, "n": "x" * 5_000}}
+    ((_key, value, _p, _o),) = await asyncio.to_thread(consume_all, kafka_bootstrap, topic, 1, 20)
+    assert orjson.loads(value) == {"double": {"id": 2, "twice": 2}}
 
 
 async def test_dead_letters_land_beside_their_topic(kafka_bootstrap: str) -> None:

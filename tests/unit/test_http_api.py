@@ -72,6 +72,7 @@ def client_for(stack: Stack, token: str | None = None, **options: object) -> htt
 # -- auth ----------------------------------------------------------------------------------
 
 PROTECTED = [
+    ("GET", "/v1/health/ready"),
     ("GET", "/v1/health/graphs"),
     ("GET", "/v1/health/graphs/g"),
     ("GET", "/v1/health/accumulators"),
@@ -314,6 +315,7 @@ async def test_openapi_lists_the_endpoints(stack: Stack) -> None:
     paths = spec["paths"]
     assert {path: sorted(paths[path]) for path in paths} == {
         "/v1/health/live": ["get"],
+        "/v1/health/ready": ["get"],
         "/v1/health/graphs": ["get"],
         "/v1/health/graphs/{name}": ["get"],
         "/v1/health/accumulators": ["get"],

@@ -1,0 +1,154 @@
+"""Logging never raises into the caller, and every field renders as JSON."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from headrace.engine.ops.logging import LOG_FAILURES, configure_logging, jsonable
+
+
+class Unrepresentable:
+    def __repr__(self) -> str:
+        raise ValueError("no repr")
+
+
+class Ambiguous:
+    """Like a numpy array: comparing it with anything raises."""
+
+    def __eq__(self, other: object) -> bool:
+        raise ValueError("truth value is ambiguous")
+
+    __hash__ = object.__hash__
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    out = io.StringIO()
+    configure_logging("debug", "json", stream=out)
+    before = LOG_FAILURES.count
+    yield out
+    LOG_FAILURES.count = before  # the fallbacks provoked here are this file's business
+
+
+def lines(out: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_the_revoke_log_with_tuple_keyed_offsets_renders_topic_partitions(
+    json_logs: io.StringIO,
+) -> None:
+    before = LOG_FAILURES.count
+    structlog.get_logger("headrace.kafka").info(
+        "partitions revoked", group="g", partitions=[("t", 0), ("t", 1)], committed={("t", 0): 5}
+    )
+    (line,) = lines(json_logs)
+    assert line["event"] == "partitions revoked"
+    assert line["committed"] == {"t[0]": 5}
+    assert line["partitions"] == ["t[0]", "t[1]"]
+    assert LOG_FAILURES.count == before  # rendered properly, not by the fallback
+
+
+def test_the_commit_failed_warning_with_tuple_keyed_offsets_renders(json_logs: io.StringIO) -> None:
+    structlog.get_logger("headrace.kafka").warning(
+        "commit failed",
+        error="KafkaError{code=ILLEGAL_GENERATION}",
+        offsets={("t", 0): 5, ("t", 3): 9},
+    )
+    (line,) = lines(json_logs)
+    assert line["level"] == "warning" and line["offsets"] == {"t[0]": 5, "t[3]": 9}
+
+
+def test_the_source_final_commit_failing_during_a_rebalance_does_not_raise(
+    json_logs: io.StringIO,
+) -> None:
+    from headrace.connectors.kafka.source import KafkaSource
+
+    class Fenced:
+        def commit(self, **_: Any) -> None:
+            raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION))
+
+    source = KafkaSource("127.0.0.1:1", "g")
+    assert source._commit_sync(Fenced(), {("t", 0): 5}) == {}  # type: ignore[arg-type]
+    (line,) = [line for line in lines(json_logs) if line["event"] == "commit failed"]
+    assert line["offsets"] == {"t[0]": 5}
+
+
+def test_kafka_objects_sets_bytes_and_odd_floats_become_json(json_logs: io.StringIO) -> None:
+    structlog.get_logger().info(
+        "odd fields",
+        tps=[TopicPartition("t", 2), TopicPartition("t", 3, 17)],
+        by_tp={TopicPartition("t", 2): 1, 7: "seven", None: 0},
+        names={"b", "a"},
+        raw=b"\xffok",
+        ratio=float("nan"),
+        big=2**70,
+        error=KeyError("k"),
+    )
+    (line,) = lines(json_logs)
+    assert line["tps"] == ["t[2]", "t[3]@17"]
+    assert line["by_tp"] == {"t[2]": 1, "7": "seven", "null": 0}
+    assert line["names"] == ["a", "b"] and line["raw"] == "\\xffok"
+    assert line["ratio"] == "nan" and line["big"] == 2**70 and line["error"] == "KeyError: 'k'"
+
+
+def test_a_value_whose_repr_raises_degrades_only_that_field(json_logs: io.StringIO) -> None:
+    structlog.get_logger().info("bad repr", good=1, bad=Unrepresentable())
+    (line,) = lines(json_logs)
+    assert line["good"] == 1 and "repr failed" in line["bad"]
+
+
+def test_a_processor_that_raises_still_logs_a_line(json_logs: io.StringIO) -> None:
+    before = LOG_FAILURES.count
+    structlog.get_logger().warning("secret compare", token=Ambiguous(), n=3)  # redact raises
+    (line,) = lines(json_logs)
+    assert line["event"] == "secret compare" and line["n"] == 3
+    assert "redact_secrets" in line["log_processor_error"]
+    assert LOG_FAILURES.count == before + 1
+
+
+def test_the_renderer_falls_back_instead_of_raising(json_logs: io.StringIO) -> None:
+    def broken(_logger: Any, _method: str, event: Any) -> Any:
+        raise TypeError("keys must be str, int, float, bool or None, not tuple")
+
+    config = structlog.get_config()
+    renderer = config["processors"][-1]
+    renderer.renderer = broken
+    before = LOG_FAILURES.count
+    structlog.get_logger().error("partitions revoked", committed={("t", 0): 5})
+    (line,) = lines(json_logs)
+    assert line["event"] == "partitions revoked" and "keys must be str" in line["log_render_error"]
+    assert "('t', 0)" not in line["fields"] and "t[0]" in line["fields"]
+    assert LOG_FAILURES.count == before + 1
+
+
+def test_a_closed_stream_never_raises_into_the_caller() -> None:
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    out.close()
+    before = LOG_FAILURES.count
+    structlog.get_logger().info("after close", committed={("t", 0): 1})
+    logging.getLogger("uvicorn.error").warning("stdlib after close")
+    assert LOG_FAILURES.count == before + 1
+    LOG_FAILURES.count = before
+
+
+def test_console_logs_render_topic_partitions_too() -> None:
+    out = io.StringIO()
+    configure_logging("info", "console", stream=out)
+    structlog.get_logger().info("partitions revoked", committed={("t", 0): 5})
+    assert "committed={'t[0]': 5}" in out.getvalue()
+
+
+def test_jsonable_bounds_depth_of_nested_values() -> None:
+    nested: list[Any] = []
+    nested.append(nested)
+    rendered = jsonable({"loop": nested})
+    assert json.dumps(rendered)  # a cyclic value still becomes finite JSON
