@@ -24,6 +24,8 @@ log = structlog.get_logger("headrace.accumulators")
 
 DEFAULT_BATCH_CAP = 65_536
 """A batch without ``max_buffer_size`` still flushes at this many buffered events."""
+RETRY_BACKOFF_MAX = 30.0
+"""Longest wait between two attempts to flush a batch whose dead letter failed."""
 
 
 class AccumulatorRunner:
@@ -186,8 +188,25 @@ class PollingRunner(AccumulatorRunner):
             self._task = None
 
 
+class _UnsentBatch:
+    """A batch whose function raised and whose dead letter is not sent yet: its events and
+    acks are kept (the offsets stay uncommitted) until the letter goes out."""
+
+    __slots__ = ("acks", "events", "reason")
+
+    def __init__(self, events: list[Any], acks: tuple[Ack, ...], reason: str) -> None:
+        self.events = events
+        self.acks = acks
+        self.reason = reason
+
+
 class BatchRunner(AccumulatorRunner):
-    """Buffers events; flushes them as one list on an interval, at ``max_buffer_size``, on stop."""
+    """Buffers events; flushes them as one list on an interval, at ``max_buffer_size``, on stop.
+
+    A batch whose function raises is dead-lettered; when the dead letter cannot be sent,
+    the batch (events and acks) is kept and the letter retried with backoff on the next
+    flushes, holding new events back meanwhile (``has_space`` is false).
+    """
 
     def __init__(self, spec: AccumulatorSpec, channels: list[Channel]) -> None:
         super().__init__(spec, channels)
@@ -197,6 +216,7 @@ class BatchRunner(AccumulatorRunner):
         self._flushing = 0
         self._task: asyncio.Task[None] | None = None
         self._pending_flushes: set[asyncio.Task[None]] = set()
+        self._unsent: _UnsentBatch | None = None
         self.on_batch_failure: Callable[[str, list[Any], str], Awaitable[None]] | None = None
         """Dead-letters a batch whose function raised; without it the batch stays unacked."""
 
@@ -204,8 +224,18 @@ class BatchRunner(AccumulatorRunner):
     def buffered(self) -> int:
         return len(self._events)
 
+    @property
+    def unsent(self) -> int:
+        """Events of a failed batch whose dead letter is still to be sent."""
+        return 0 if self._unsent is None else len(self._unsent.events)
+
     def has_space(self) -> bool:
-        return self._flushing == 0 and len(self._events) < self.capacity and super().has_space()
+        return (
+            self._flushing == 0
+            and self._unsent is None
+            and len(self._events) < self.capacity
+            and super().has_space()
+        )
 
     def _add(self, event: Any, acks: tuple[Ack, ...]) -> None:
         self.events_in += 1
@@ -239,7 +269,13 @@ class BatchRunner(AccumulatorRunner):
             await self.flush()
 
     async def flush(self) -> None:
-        """Turn everything buffered into one value and deliver it."""
+        """Turn everything buffered into one value and deliver it.
+
+        A failed batch whose dead letter is still unsent goes first: if it cannot be
+        sent now, this raises and keeps it (events and acks) for the next flush.
+        """
+        if self._unsent is not None:
+            await self._send_unsent()
         if not self._events:
             return
         events, acks = self._events, tuple(self._acks)
@@ -261,21 +297,43 @@ class BatchRunner(AccumulatorRunner):
                 reason = f"batch function raised {error!r}"
                 if self.on_batch_failure is None:
                     raise AccumulatorInputError(self.name, reason) from error
-                await self.on_batch_failure(self.name, events, reason)
-                settle(acks)  # dead-lettered: handled, so offsets can move on
+                self._unsent = _UnsentBatch(events, acks, reason)
+                await self._send_unsent()
                 return
             await self.deliver(result, acks)
         finally:
             self._flushing -= 1
 
+    async def _send_unsent(self) -> None:
+        """Dead-letter the failed batch; its acks settle only once the letter is sent."""
+        unsent = self._unsent
+        assert unsent is not None and self.on_batch_failure is not None
+        await self.on_batch_failure(self.name, unsent.events, unsent.reason)
+        self._unsent = None
+        settle(unsent.acks)  # dead-lettered: handled, so offsets can move on
+
     async def _loop(self) -> None:
+        """Flush every interval; a failed flush is logged and retried with backoff, so
+        the task never dies of one (a dead-letter destination that is down, say)."""
         interval = self.spec.flush_interval or 1.0
+        delay = interval
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(delay)
             try:
                 await self.flush()
             except (AccumulatorInputError, ChannelClosedError):
-                continue
+                delay = interval
+            except Exception as error:
+                delay = min(max(delay, 0.1) * 2, max(interval, RETRY_BACKOFF_MAX))
+                log.error(
+                    "batch flush failed; retrying",
+                    accumulator=self.name,
+                    held=self.unsent + self.buffered,
+                    retry_in=delay,
+                    error=repr(error),
+                )
+            else:
+                delay = interval
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"batch:{self.name}")
@@ -288,11 +346,20 @@ class BatchRunner(AccumulatorRunner):
             self._task = None
         if self._pending_flushes:
             await asyncio.gather(*self._pending_flushes, return_exceptions=True)
-        with contextlib.suppress(AccumulatorInputError, ChannelClosedError):
+        try:
             await self.flush()
+        except (AccumulatorInputError, ChannelClosedError):
+            pass
+        except Exception as error:  # stop() finishes: the final commit must still happen
+            log.error(
+                "batch not flushed at stop; its inputs stay uncommitted",
+                accumulator=self.name,
+                held=self.unsent + self.buffered,
+                error=repr(error),
+            )
 
     def health(self) -> dict[str, Any]:
-        return {**super().health(), "buffered": self.buffered}
+        return {**super().health(), "buffered": self.buffered, "unsent": self.unsent}
 
 
 def make_runner(spec: AccumulatorSpec, channels: list[Channel]) -> AccumulatorRunner:

@@ -29,6 +29,14 @@ from headrace.accumulators import (
 )
 from headrace.accumulators.channel import SharedAck
 from headrace.connectors.dead_letters import DeadLetter
+from headrace.connectors.kafka.commits import Commits
+from headrace.connectors.kafka.flow import (
+    PartitionFlow,
+    label,
+    labelled,
+    labels,
+    released_on_assign,
+)
 from headrace.connectors.kafka.offsets import OffsetTracker, PartitionOffsets
 from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER, ErrorLog
 
@@ -126,7 +134,7 @@ class KafkaSource:
             **FORCED,
             "bootstrap.servers": bootstrap_servers,
             "group.id": group_id,
-            "error_cb": self._errors,
+            "error_cb": self._on_client_error,
             "on_commit": self._on_commit_thread,
         }
         strategy = str(self.config["partition.assignment.strategy"])
@@ -140,13 +148,9 @@ class KafkaSource:
         self._consumer: Consumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._assigned: set[TP] = set()
-        self._paused: set[TP] = set()  # partitions we hold paused
-        self._to_pause: dict[TP, int | None] = {}  # to pause before the next fetch (+ seek)
         self._resume_scheduled = False
         self._space = asyncio.Event()
         self._dead_letter_tasks: set[asyncio.Task[None]] = set()
-        self._last_commit = time.monotonic()
         self._lag: dict[TP, int] = {}
         self.stats = {
             "messages": 0,
@@ -158,6 +162,8 @@ class KafkaSource:
             "rebalances": 0,
             "errors": 0,
         }
+        self.flow = PartitionFlow(self.stats)
+        self.commits = Commits(self.tracker, commit_interval, TopicPartition, self.stats)
 
     # -- wiring ------------------------------------------------------------------------
     def _select(self, runtime: Runtime) -> dict[str, list[AccumulatorRunner]]:
@@ -208,6 +214,7 @@ class KafkaSource:
         self._stopping = False
         await self._call(self._open, sorted(topics))
         self._task = asyncio.create_task(self._fetch_loop(), name="kafka-source")
+        runtime.supervise(self._task, "kafka-source")
         log.info("kafka source started", group=self.group_id, topics=sorted(topics))
 
     def _open(self, topics: list[str]) -> None:
@@ -239,37 +246,60 @@ class KafkaSource:
         return [first, *consumer.consume(limit - 1, 0)] if limit > 1 else [first]
 
     async def _fetch_loop(self) -> None:
-        while not self._stopping:
-            try:
-                limit = await self._wait_for_room()
-                if self._to_pause:
-                    pauses, self._to_pause = self._to_pause, {}
-                    failed = await self._call(self._pause_and_seek, pauses)
-                    for tp, offset in failed.items():  # keep the partition out until it works
-                        if tp in self._paused:
-                            self._to_pause.setdefault(tp, offset)
-                messages = await self._call(self._fetch, limit)
-            except RuntimeError:  # consumer closed under us
-                return
-            except KafkaException as error:
-                self.stats["errors"] += 1
-                log.warning("kafka consume failed", error=str(error))
-                await asyncio.sleep(self.poll_timeout)
-                continue
-            try:
+        """Fetch, hand over, resume, commit, until stopping (supervised as "kafka-source").
+
+        A Kafka error that is not fatal is logged and retried; a fatal one fails
+        "kafka-consumer". Anything else is a bug: it is logged and ends the task, which the
+        supervisor turns into a failed worker (never a live process with a dead consumer).
+        """
+        try:
+            while not self._stopping:
+                try:
+                    limit = await self._wait_for_room()
+                    if self.flow.to_pause:
+                        pauses = self.flow.take_pending()
+                        try:
+                            failed = await self._call(self._pause_and_seek, pauses)
+                        except BaseException:
+                            self.flow.applied(pauses, pauses)
+                            raise
+                        self.flow.applied(pauses, failed)  # failed: out until it works
+                    messages = await self._call(self._fetch, limit)
+                except KafkaException as error:
+                    self.stats["errors"] += 1
+                    if self._fatal(error.args[0] if error.args else None):
+                        await self._idle_until_stopped()
+                        return
+                    log.warning("kafka consume failed", group=self.group_id, error=str(error))
+                    await asyncio.sleep(self.poll_timeout)
+                    continue
                 if messages:
                     await self._handle(messages)
-                if self._paused:
+                if self.flow.paused:
                     self._try_resume()
-                if time.monotonic() - self._last_commit >= self.commit_interval:
+                if self.commits.due():
                     await self._commit(asynchronous=True)
-            except Exception:
-                self.stats["errors"] += 1
-                log.exception("kafka source iteration failed")
-                await asyncio.sleep(self.poll_timeout)
+        except Exception:
+            self.stats["errors"] += 1
+            log.exception("kafka fetch loop failed", group=self.group_id)
+            raise
 
-    def _active(self, route: _Route) -> list[TP]:
-        return [tp for tp in self._assigned if tp[0] == route.topic and tp not in self._paused]
+    async def _idle_until_stopped(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.poll_timeout)
+
+    def _fatal(self, error: Any) -> bool:
+        """A fatal client error (any thread): fail "kafka-consumer", the worker stops."""
+        if not isinstance(error, KafkaError) or not error.fatal():
+            return False
+        if self._runtime is not None:
+            self._runtime.fail("kafka-consumer", f"fatal consumer error: {error}")
+        return True
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        """``error_cb`` (consumer thread): log without flooding; a fatal error fails."""
+        self._errors(error)
+        self._fatal(error)
 
     async def _wait_for_room(self) -> int:
         """Wait until every route being fetched has room for a batch; returns the batch size.
@@ -284,7 +314,7 @@ class KafkaSource:
             short: list[_Route] = []
             fetching = 0
             for route in self._routes.values():
-                if not self._active(route):
+                if not self.flow.active(route.topic):
                     continue
                 room = route.room()
                 if room < min(self.batch_size, max(1, route.capacity // 2)):
@@ -298,7 +328,7 @@ class KafkaSource:
             deadline = deadline if deadline is not None else now + self.pause_after
             if fetching or now >= deadline or self._stopping:
                 for route in short:
-                    for tp in self._active(route):
+                    for tp in self.flow.active(route.topic):
                         self._pause(tp, None)
                 continue
             self._space.clear()
@@ -309,8 +339,9 @@ class KafkaSource:
     async def _handle(self, messages: list[Message]) -> None:
         """Decode and deliver a batch; per partition run, look-ups happen once."""
         routes = self._routes
-        paused = self._paused
-        assigned = self._assigned
+        flow = self.flow
+        paused = flow.paused
+        assigned = flow.assigned
         loads = orjson.loads
         limit = self.max_message_bytes
         rooms: dict[str, int] = {}
@@ -337,10 +368,7 @@ class KafkaSource:
             if current in paused:
                 # Fetched before the pause took effect: rewind the partition to the first
                 # offset not taken yet, so that nothing is skipped for good.
-                rewind = state.last_begun + 1 if state.last_begun >= 0 else offset
-                pending = self._to_pause.get(current)
-                if pending is None or rewind < pending:
-                    self._to_pause[current] = rewind
+                flow.rewind(current, state.last_begun + 1 if state.last_begun >= 0 else offset)
                 continue
             room = rooms.get(topic, 0)
             if room <= 0:
@@ -403,6 +431,7 @@ class KafkaSource:
         if error.code() == KafkaError._PARTITION_EOF:
             return
         self.stats["errors"] += 1
+        self._fatal(error)
         log.warning(
             "kafka consumer error",
             error=str(error),
@@ -462,9 +491,7 @@ class KafkaSource:
     def _pause(self, tp: TP, offset: int | None) -> None:
         """Stop taking ``tp``; before the next fetch it is paused and, with an offset,
         rewound to it (the first event not delivered)."""
-        self._paused.add(tp)
-        self._to_pause[tp] = offset
-        self.stats["pauses"] += 1
+        self.flow.pause(tp, offset)
 
     def _pause_and_seek(self, pauses: dict[TP, int | None]) -> dict[TP, int | None]:
         """Consumer thread: pause, then seek back; returns what failed (to try again)."""
@@ -485,14 +512,14 @@ class KafkaSource:
             try:  # pause first, then seek: librdkafka resumes at the seek offset
                 consumer.seek(TopicPartition(topic, partition, offset))
             except KafkaException as error:
-                log.warning("seek failed", topic=topic, partition=partition, error=str(error))
+                log.warning("seek failed", partition=label((topic, partition)), error=str(error))
                 failed[(topic, partition)] = offset
         return failed
 
     def _on_space(self) -> None:
         """Channel listener: called whenever a reactor takes a value."""
         self._space.set()
-        if self._paused and not self._resume_scheduled and self._loop is not None:
+        if self.flow.paused and not self._resume_scheduled and self._loop is not None:
             self._resume_scheduled = True
             self._loop.call_soon(self._try_resume)
 
@@ -500,27 +527,30 @@ class KafkaSource:
         self._resume_scheduled = False
         if self._stopping or self._executor is None:
             return
-        ready = [
-            tp
-            for tp in self._paused
-            if tp not in self._to_pause and (route := self._routes.get(tp[0])) and route.drained()
-        ]
+        ready = self.flow.take_ready(self._can_resume)
         if not ready:
             return
-        self._paused.difference_update(ready)
-        self.stats["resumes"] += len(ready)
         try:
             done = self._executor.submit(self._resume, ready)
         except RuntimeError:  # shut down
+            self.flow.resume_failed(ready)
             return
-        done.add_done_callback(self._resumed)
+        done.add_done_callback(partial(self._resumed, ready))
 
-    def _resumed(self, done: concurrent.futures.Future[list[TP]]) -> None:
-        """A resume that failed leaves its partitions paused: hold them, try again later."""
-        failed = done.result() if done.exception() is None else []
+    def _can_resume(self, tp: TP) -> bool:
+        route = self._routes.get(tp[0])
+        return route is not None and route.drained()
+
+    def _resumed(self, ready: list[TP], done: concurrent.futures.Future[list[TP]]) -> None:
+        """A resume that failed (or raised) leaves its partitions paused: hold them, try
+        again later (the fetch loop retries held partitions every iteration)."""
+        error = done.exception()
+        if error is not None:
+            log.warning("resume failed", partitions=labels(ready), error=repr(error))
+        failed = ready if error is not None else done.result()
         if failed and self._loop is not None:
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._paused.update, failed)
+                self._loop.call_soon_threadsafe(self.flow.resume_failed, failed)
 
     def _resume(self, ready: list[TP]) -> list[TP]:
         """Consumer thread: resume ``ready``; returns those that could not be resumed."""
@@ -572,19 +602,34 @@ class KafkaSource:
         to_pause = self._on_loop(self._assigned_on_loop, tps) or []
         if to_pause:
             consumer.pause([TopicPartition(t, p) for t, p in to_pause])
-        log.info("partitions assigned", group=self.group_id, partitions=tps, paused=to_pause)
+        # librdkafka keeps a partition's pause flag across unassign (#1849): a partition
+        # paused before it was revoked would come back paused for good. Resume explicitly
+        # every new partition not meant to stay paused.
+        released = released_on_assign(tps, to_pause)
+        if released:
+            self._resume_now(consumer, released, "assign")
+        log.info(
+            "partitions assigned",
+            group=self.group_id,
+            partitions=labels(tps),
+            paused=labels(to_pause),
+        )
+
+    def _resume_now(self, consumer: Consumer, tps: list[TP], when: str) -> None:
+        """Consumer thread, in a rebalance callback: clear librdkafka's pause flag."""
+        try:
+            consumer.resume([TopicPartition(t, p) for t, p in tps])
+        except KafkaException as error:
+            log.warning("resume failed", when=when, partitions=labels(tps), error=str(error))
 
     def _assigned_on_loop(self, tps: list[TP]) -> list[TP]:
         """Track new partitions; returns those to pause (ours already, or channel full)."""
         self.stats["rebalances"] += 1
-        self._assigned.update(tps)
-        for tp in tps:
-            self._to_pause.pop(tp, None)  # a fresh assignment starts at the committed offset
-            route = self._routes.get(tp[0])
-            if tp not in self._paused and route is not None and not route.drained():
-                self._paused.add(tp)
-                self.stats["pauses"] += 1
-        return [tp for tp in self._paused if tp in self._assigned]
+        return self.flow.assign(tps, self._must_pause)
+
+    def _must_pause(self, tp: TP) -> bool:
+        route = self._routes.get(tp[0])
+        return route is not None and not route.drained()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
@@ -598,19 +643,22 @@ class KafkaSource:
         if offsets:
             self._commit_sync(consumer, offsets)
         self._on_loop(self._drop_on_loop, tps)
+        self._resume_now(consumer, tps, "revoke")  # never hand a paused partition back
         if self._cooperative:
             consumer.incremental_unassign(partitions)
         else:
             consumer.unassign()
-        log.info("partitions revoked", group=self.group_id, partitions=tps, committed=offsets)
+        log.info(
+            "partitions revoked",
+            group=self.group_id,
+            partitions=labels(tps),
+            committed=labelled(offsets),
+        )
 
     async def _revoke_on_loop(self, tps: list[TP]) -> dict[TP, int]:
         """Give in-flight events of ``tps`` a moment to finish; return what to commit."""
         self.stats["rebalances"] += 1
-        for tp in tps:
-            self._assigned.discard(tp)
-            self._paused.discard(tp)
-            self._to_pause.pop(tp, None)
+        self.flow.revoke(tps)
         deadline = time.monotonic() + self.revoke_timeout
         while (
             not (self._runtime is not None and self._runtime.failed())
@@ -618,7 +666,7 @@ class KafkaSource:
             and time.monotonic() < deadline
         ):
             await asyncio.sleep(0.01)
-        return self.tracker.committable(tps)
+        return self.commits.take(tps)
 
     def _drop_on_loop(self, tps: list[TP]) -> None:
         self.tracker.revoke(tps)
@@ -628,69 +676,43 @@ class KafkaSource:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
         self._on_loop(self._lost_on_loop, tps)
+        self._resume_now(consumer, tps, "lost")
         if self._cooperative:
             consumer.incremental_unassign(partitions)
         else:
             consumer.unassign()
-        log.warning("partitions lost", group=self.group_id, partitions=tps)
+        log.warning("partitions lost", group=self.group_id, partitions=labels(tps))
 
     def _lost_on_loop(self, tps: list[TP]) -> None:
         self.stats["rebalances"] += 1
-        for tp in tps:
-            self._assigned.discard(tp)
-            self._paused.discard(tp)
-            self._to_pause.pop(tp, None)
+        self.flow.revoke(tps)
         self._drop_on_loop(tps)
 
     # -- committing --------------------------------------------------------------------
     async def _commit(self, asynchronous: bool) -> None:
-        self._last_commit = time.monotonic()
-        offsets = self.tracker.committable()
+        offsets = self.commits.take()
         if asynchronous:
             await self._call(self._commit_async, offsets)
         elif offsets:
             committed = await self._call(self._commit_sync, self._consumer, offsets)
-            self.tracker.mark_committed(committed)
+            self.commits.accepted(committed)
 
     def _commit_async(self, offsets: dict[TP, int]) -> None:
         consumer = self._consumer
         assert consumer is not None
-        if offsets:
-            tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-            try:
-                consumer.commit(offsets=tps, asynchronous=True)
-            except KafkaException as error:
-                self.stats["commit_failures"] += 1
-                log.warning("commit failed", error=str(error))
+        self.commits.commit_async(consumer, offsets)
         self._update_lag(consumer)
 
     def _commit_sync(self, consumer: Consumer | None, offsets: dict[TP, int]) -> dict[TP, int]:
         """Commit and wait (consumer thread); returns what the broker accepted."""
-        if consumer is None or not offsets:
-            return {}
-        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-        try:
-            result = consumer.commit(offsets=tps, asynchronous=False) or []
-        except KafkaException as error:
-            self.stats["commit_failures"] += 1
-            log.warning("commit failed", error=str(error), offsets=offsets)
-            return {}
-        accepted = {(tp.topic, tp.partition): tp.offset for tp in result if tp.error is None}
-        self.stats["commits"] += 1
-        return accepted
+        return self.commits.commit_sync(consumer, offsets)
 
     def _on_commit_thread(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         """Async commit result (served on the consumer thread)."""
-        if error is not None:
-            self.stats["commit_failures"] += 1
-            if error.code() != KafkaError._NO_OFFSET:
-                log.warning("commit failed", error=str(error))
-            return
-        accepted = {(tp.topic, tp.partition): tp.offset for tp in partitions if tp.error is None}
-        self.stats["commits"] += 1
+        accepted = self.commits.on_commit(error, partitions)
         if accepted and self._loop is not None:
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self.tracker.mark_committed, accepted)
+                self._loop.call_soon_threadsafe(self.commits.accepted, accepted)
 
     def _update_lag(self, consumer: Consumer) -> None:
         try:
@@ -712,8 +734,11 @@ class KafkaSource:
         """Stop fetching; events already taken keep flowing through the reactors."""
         self._stopping = True
         if self._task is not None:
-            await self._task
-            self._task = None
+            task, self._task = self._task, None
+            # a fetch loop that died was logged and failed through the supervisor already;
+            # stopping goes on (drain, final commit, leave the group)
+            with contextlib.suppress(Exception):
+                await task
 
     async def close(self) -> None:
         """Send pending dead letters, commit what is done, leave the group."""
@@ -723,7 +748,11 @@ class KafkaSource:
         if self._executor is None:
             return
         try:
-            await self._commit(asynchronous=False)
+            try:
+                await self._commit(asynchronous=False)
+            except Exception as error:  # e.g. ILLEGAL_GENERATION mid-rebalance: still leave
+                self.stats["commit_failures"] += 1
+                log.warning("final commit failed", group=self.group_id, error=repr(error))
             await self._call(self._close_consumer)
         finally:
             self._executor.shutdown(wait=True)
@@ -731,9 +760,12 @@ class KafkaSource:
         log.info("kafka source closed", group=self.group_id, **self.stats)
 
     def _close_consumer(self) -> None:
+        """Consumer thread: leave the group (LeaveGroup); never raises."""
         if self._consumer is not None:
             try:
                 self._consumer.close()  # revokes (and commits) through _on_revoke
+            except Exception as error:
+                log.warning("consumer close failed", group=self.group_id, error=repr(error))
             finally:
                 self._consumer = None
 
@@ -743,9 +775,9 @@ class KafkaSource:
             "group": self.group_id,
             "topics": sorted(self._routes),
             "accumulators": sorted(self.accumulators),
-            "assigned": sorted(f"{t}[{p}]" for t, p in self._assigned),
-            "paused": sorted(f"{t}[{p}]" for t, p in self._paused),
-            "lag": {f"{t}[{p}]": lag for (t, p), lag in sorted(self._lag.items())},
+            "assigned": labels(self.flow.assigned),
+            "paused": labels(self.flow.paused),
+            "lag": labelled(self._lag),
             "in_flight": self.tracker.in_flight(),
             **self.stats,
             "client_errors": self._errors.count,
