@@ -521,6 +521,7 @@ class Chaos:
         self.terminating: list[tuple[CliWorker, Incarnation]] = []
         self.log = ChaosLog()
         self.started = time.monotonic()
+        self.ended_at: float | None = None
 
     # -- bookkeeping -------------------------------------------------------------------
     def running(self) -> list[CliWorker]:
@@ -601,7 +602,8 @@ class Chaos:
 
     def step(self) -> None:
         running = len(self.running())
-        choices = ["kill"] * 4 + ["leave"] * 3 + ["join"] * 3
+        kills = 6 if self.log.kills < self.plan.min_kills else 4  # meet the minimum early
+        choices = ["kill"] * kills + ["leave"] * 3 + ["join"] * 3
         action = self.rng.choice(choices)
         if action == "join" and running + len(self.terminating) >= self.plan.max_workers:
             action = "leave"
@@ -633,6 +635,7 @@ class Chaos:
             self.step()
         if not restarted:
             self.restart_broker()
+        self.ended_at = time.monotonic()
 
     def settle(self, workers: int) -> None:
         """Chaos over: wait for every SIGTERMed worker, keep ``workers`` running and ready."""

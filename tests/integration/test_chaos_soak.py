@@ -99,6 +99,7 @@ def test_chaos_soak(size: str, tmp_path: Path) -> None:
         signals = SignalReader(bootstrap, out_topic)
         failures: list[str] = []
         commit_seconds: float | None = None
+        chaos_tail = 0.0
         final_codes: list[int | None] = []
         try:
             chaos.start_workers(2)
@@ -109,6 +110,7 @@ def test_chaos_soak(size: str, tmp_path: Path) -> None:
             try:
                 wait_committed_to_end(bootstrap, group, in_topic, soak.commit_bound)
                 commit_seconds = time.monotonic() - stopped_at
+                chaos_tail = max(0.0, (chaos.ended_at or stopped_at) - stopped_at)
             except AssertionError as error:
                 failures.append(str(error))
             try:
@@ -140,7 +142,11 @@ def test_chaos_soak(size: str, tmp_path: Path) -> None:
     wrongly_dead = set(feed.good) & set(letters.sources)
     undead = set(feed.poison) - set(letters.sources)
     codes = [code for _, code in chaos.log.sigterms]
-    commit_text = f"{commit_seconds:.1f}s" if commit_seconds is not None else "NOT REACHED"
+    commit_text = (
+        f"{commit_seconds:.1f}s (chaos went on {chaos_tail:.1f}s of it)"
+        if commit_seconds is not None
+        else "NOT REACHED"
+    )
     print(
         f"SOAK {size} seed={seed}: sent={feed.sent} good={len(good)} poison={len(feed.poison)} "
         f"lost={lost} duplicates={signals.duplicates()} outputs={signals.records} "

@@ -322,7 +322,9 @@ def config_files(draw: st.DrawFn) -> bytes:
 
 @contextlib.contextmanager
 def isolated() -> Iterator[None]:
-    """Registries, sys.path and sys.modules as they were before one example."""
+    """Registries, sys.path and the fuzz's node module as they were before one example
+    (only that module is dropped: re-importing libraries the loader imports lazily, such as
+    SQLAlchemy, every example would be slow and leak memory)."""
     registries = (
         headrace.accumulators.registry._accumulators,
         headrace.reactors.declaration._reactors,
@@ -330,7 +332,7 @@ def isolated() -> Iterator[None]:
     )
     saved = [dict(r) for r in registries]
     bindings = {k: set(v) for k, v in headrace.reactors.declaration._bindings.items()}
-    path, modules = list(sys.path), set(sys.modules)
+    path = list(sys.path)
     try:
         yield
     finally:
@@ -340,8 +342,7 @@ def isolated() -> Iterator[None]:
         headrace.reactors.declaration._bindings.clear()
         headrace.reactors.declaration._bindings.update(bindings)
         sys.path[:] = path
-        for name in set(sys.modules) - modules:
-            del sys.modules[name]
+        sys.modules.pop(MODULE, None)
 
 
 DIRECTORY = Path(tempfile.mkdtemp(prefix="headrace-config-fuzz."))
