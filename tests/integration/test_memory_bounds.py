@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import orjson
 import psutil
 import pytest
@@ -198,6 +199,20 @@ def slow_store(db: Path, hold: float = 8.0, gap: float = 0.25) -> Iterator[threa
     assert not errors, f"could not hold the state store lock: {errors[0]!r}"
 
 
+def accumulator_figures(worker: CliWorker) -> str:
+    """What the accumulators hold, from the worker's HTTP health (for the report)."""
+    base = worker.events("worker ready")[-1]["http"]
+    try:
+        health = httpx.get(f"{base}/v1/health/accumulators", timeout=10).json()
+    except httpx.HTTPError as error:
+        return f"(no health: {error!r})"
+    keys = ("events_in", "buffered", "channel_depth", "channel_capacity", "lag")
+    return "; ".join(
+        f"{name}: " + ", ".join(f"{k}={h[k]}" for k in keys if h.get(k) is not None)
+        for name, h in sorted(health.items())
+    )
+
+
 def dead_letters_in(db: Path, topic: str) -> set[tuple[int, int]]:
     with contextlib.closing(sqlite3.connect(db, timeout=60)) as conn:
         rows = conn.execute(
@@ -264,6 +279,7 @@ def test_peak_rss_stays_bounded_under_a_poison_flood_and_stuck_batches(tmp_path:
                 time.sleep(15.0)  # destinations still stuck: the worker must hold, not hoard
                 stuck_peak = sampler.peak
                 stuck_rss = psutil.Process(incarnation.proc.pid).memory_info().rss
+                held = accumulator_figures(worker)
                 unlock.set()
             gate.unlink()
             released = time.monotonic()
@@ -289,7 +305,7 @@ def test_peak_rss_stays_bounded_under_a_poison_flood_and_stuck_batches(tmp_path:
         f"{POISON} x {POISON_BYTES // 1000} KB poison + {good} good books + {BULK} batch events "
         f"produced in {produced_in:.0f}s; caught up {caught_up:.0f}s after the destinations "
         f"recovered; {len(poison & stored)}/{len(poison)} poison messages dead-lettered; "
-        f"{sampler.samples} samples; SIGTERM exit {code}"
+        f"{sampler.samples} samples; SIGTERM exit {code}\nheld while stuck: {held}"
     )
     assert peak - idle <= RSS_ALLOWANCE, (
         f"peak RSS {peak / MB:.0f} MB is {(peak - idle) / MB:.0f} MB above idle "
