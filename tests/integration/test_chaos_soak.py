@@ -27,6 +27,7 @@ import pytest
 
 from tests.fixtures.kafka_broker import create_topic, unique_topic
 from tests.integration.chaos import (
+    ONCE_PER_SUITE,
     Chaos,
     ChaosPlan,
     CliWorker,
@@ -68,7 +69,12 @@ SIZE = os.environ.get("HEADRACE_SOAK", "short").strip().lower() or "short"
 if SIZE not in SIZES:
     raise pytest.UsageError(f"HEADRACE_SOAK must be one of {', '.join(SIZES)}, got {SIZE!r}")
 
-pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(SIZES[SIZE].timeout)]
+pytestmark = [
+    ONCE_PER_SUITE,
+    pytest.mark.kafka,
+    pytest.mark.slow,
+    pytest.mark.timeout(SIZES[SIZE].timeout),
+]
 
 
 @pytest.mark.parametrize("size", [SIZE])
