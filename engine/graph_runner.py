@@ -65,6 +65,8 @@ class GraphRunner:
         # Sinks with ``submit`` are not awaited per fire (on_error="stop" must see failures).
         self._defer = graph.on_error is OnError.DEAD_LETTER
         self._redeliveries: set[asyncio.Task[None]] = set()
+        self._retry_logged_at = -1.0
+        self._retries_unlogged = 0
 
     @property
     def name(self) -> str:
@@ -124,14 +126,7 @@ class GraphRunner:
         while True:
             delay = min(self.max_redelivery_backoff, self.graph.retry.backoff * 2 ** (attempt - 1))
             self.redeliveries += 1
-            log.warning(
-                "sink delivery failed; retrying",
-                graph=self.name,
-                sink=_sink_name(sink),
-                attempt=attempt,
-                retry_in=delay,
-                error=str(error),
-            )
+            self._log_retry(sink, attempt, delay, error)
             await asyncio.sleep(delay)
             attempt += 1
             try:
@@ -147,6 +142,23 @@ class GraphRunner:
                     ) from failure
                 if kind != "retriable":
                     raise
+
+    def _log_retry(self, sink: Sink, attempt: int, delay: float, error: BaseException) -> None:
+        """At most one line a second: an outage fails every result in flight at once."""
+        now = time.monotonic()
+        if now - self._retry_logged_at < 1.0:
+            self._retries_unlogged += 1
+            return
+        log.warning(
+            "sink delivery failed; retrying",
+            graph=self.name,
+            sink=_sink_name(sink),
+            attempt=attempt,
+            retry_in=delay,
+            error=str(error),
+            also_retrying=self._retries_unlogged,
+        )
+        self._retry_logged_at, self._retries_unlogged = now, 0
 
     def _sink_fatal(self, sink: Sink, error: BaseException) -> None:
         if self.fail is not None:
@@ -168,7 +180,17 @@ class GraphRunner:
             self._redeliver(fire, sink, outputs, release, error)
         )
         self._redeliveries.add(task)
-        task.add_done_callback(self._redeliveries.discard)
+        task.add_done_callback(self._redelivery_done)
+
+    def _redelivery_done(self, task: asyncio.Task[None]) -> None:
+        """A redelivery that raised left its inputs unsettled for good: fail the graph."""
+        self._redeliveries.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        log.error("redelivery failed", graph=self.name, error=repr(error), exc_info=error)
+        if self.fail is not None and error is not None:
+            self.fail(f"graph:{self.name}", error)
 
     async def _redeliver(
         self,

@@ -318,6 +318,7 @@ class Worker:
         """Drain the runtime (bounded by ``drain_timeout``), then stop HTTP and the store."""
         timeout = self.config.worker.drain_timeout
         if self.runtime is not None:
+            self.runtime.supervisor.stopping = True  # parts ending from here on are stopping
             try:
                 await asyncio.wait_for(self.runtime.stop(drain=True, timeout=timeout / 3), timeout)
             except TimeoutError:

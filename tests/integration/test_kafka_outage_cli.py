@@ -117,9 +117,7 @@ def test_results_in_flight_during_a_broker_outage_all_arrive_none_dead_lettered(
         feed.finish(timeout=180)
         reader = OutputReader(bootstrap, out_topic)
         reader.wait_for(set(range(total)), timeout=120)
-        wait_until(
-            lambda: _committed_to_end(bootstrap, group, in_topic), 60, "commits to the end"
-        )
+        wait_until(lambda: _committed_to_end(bootstrap, group, in_topic), 60, "commits to the end")
         graphs = httpx.get(f"{base}/v1/health/graphs", timeout=10).json()
         assert worker.stop() == 0, worker.output()
         reader.poll(0.5)

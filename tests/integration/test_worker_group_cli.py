@@ -45,12 +45,12 @@ modules = [{ name = "hr_group_nodes", path = "." }]
 [worker]
 bootstrap_servers = "${KAFKA_BOOTSTRAP_SERVERS}"
 group_id = "${GROUP}"
-commit_interval = "200ms"
+commit_interval = "${COMMIT_INTERVAL:-200ms}"
 drain_timeout = "30s"
 
 [worker.consumer]
 "session.timeout.ms" = @SESSION_MS@
-"heartbeat.interval.ms" = 1000
+"heartbeat.interval.ms" = 100
 
 [worker.http]
 port = 0
@@ -136,8 +136,9 @@ class Group:
             bootstrap, prefix, partitions=partitions
         )
 
-    def start(self) -> WorkerProcess:
+    def start(self, **extra: str) -> WorkerProcess:
         env = {
+            **extra,
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "GROUP": self.group,
             "IN_TOPIC": self.in_topic,
@@ -214,7 +215,7 @@ def test_sigterm_during_the_rebalance_of_a_joining_worker_exits_0_and_leaves_the
     group = Group(kafka_bootstrap, tmp_path, workers, "term-rebalance")
     feed = PacedProducer(kafka_bootstrap, group.in_topic, range(total), rate=250)
     reader = OutputReader(kafka_bootstrap, group.out_topic)
-    first = group.start()
+    first = group.start(COMMIT_INTERVAL="60s")  # offsets wait for the revoke or final commit
     try:
         base_a = first.ready()
         wait_until(lambda: len(assigned(first)) == 4, 60, "the first worker's assignment")
@@ -222,6 +223,7 @@ def test_sigterm_during_the_rebalance_of_a_joining_worker_exits_0_and_leaves_the
         wait_until(lambda: events_in(base_a) >= 300, 60, "the first worker consuming")
         second = group.start()
         second.wait_for("kafka source started", 60)  # joining: the group rebalances now
+        time.sleep(0.3)  # the first worker's heartbeat (100 ms) learns of the rebalance
         first.send(signal.SIGTERM)
         stopped_at = time.monotonic()
         assert first.wait(60) == 0, first.output()
@@ -242,5 +244,6 @@ def test_sigterm_during_the_rebalance_of_a_joining_worker_exits_0_and_leaves_the
     print(
         f"\nSIGTERM in a rebalance: exit 0, takeover {takeover:.1f}s (session timeout "
         f"{SESSION_TIMEOUT:.0f}s), {duplicates} duplicates; commit failures of the "
-        f"first: {first.events('kafka source closed')[0]['commit_failures']}"
+        f"first: {first.events('kafka source closed')[0]['commit_failures']}; "
+        f"commit failed lines: {[e.get('error') for e in first.events('commit failed')]}"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -152,3 +153,34 @@ def test_jsonable_bounds_depth_of_nested_values() -> None:
     nested.append(nested)
     rendered = jsonable({"loop": nested})
     assert json.dumps(rendered)  # a cyclic value still becomes finite JSON
+
+
+async def test_a_final_commit_failing_in_a_rebalance_still_closes_the_consumer(
+    json_logs: io.StringIO,
+) -> None:
+    """SIGTERM during a rebalance: the last commit fails with ILLEGAL_GENERATION. Its warning
+    (tuple-keyed offsets) must render, and close() must go on to close the consumer (the
+    LeaveGroup), instead of raising out of close() and leaving the group to time out."""
+    import concurrent.futures
+
+    from headrace.connectors.kafka.source import KafkaSource
+
+    class Rebalancing:
+        closed = False
+
+        def commit(self, **_: Any) -> None:
+            raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION))
+
+        def close(self) -> None:
+            self.closed = True
+
+    source = KafkaSource("127.0.0.1:1", "g")
+    consumer = Rebalancing()
+    source._consumer = consumer  # type: ignore[assignment]
+    source._loop = asyncio.get_running_loop()
+    source._executor = concurrent.futures.ThreadPoolExecutor(1)
+    source.tracker.begin(("t", 0), 5)()  # offset 5 handled: 6 is committable
+    await source.close()
+    assert consumer.closed
+    (line,) = [line for line in lines(json_logs) if line["event"] == "commit failed"]
+    assert line["offsets"] == {"t[0]": 6} and "ILLEGAL_GENERATION" in line["error"]

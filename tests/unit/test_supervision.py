@@ -199,3 +199,101 @@ async def test_a_worker_stops_with_exit_1_when_a_component_fails(
     events = [e["event"] for e in logs]
     assert "component failed" in events and "stopping the worker: a component failed" in events
     assert [e["exit_code"] for e in logs if e["event"] == "worker stopped"] == [1]
+
+
+async def test_a_fatal_kafka_sink_error_stops_the_worker_with_exit_1(
+    tmp_path: Path,
+    mod: str,  # noqa: F811
+) -> None:
+    from confluent_kafka import KafkaError
+
+    file = write(
+        tmp_path,
+        "k.toml",
+        f"""
+        modules = [{{ name = "{mod}", path = "." }}]
+        [accumulators.book]
+        kind = "passthrough"
+        [accumulators.ref]
+        kind = "passthrough"
+        [reactors.rx]
+        accumulators = ["book", "ref"]
+        mode = "when_all"
+        [graphs.signal]
+        module = "{mod}"
+        reactor = "rx"
+        sinks = ["out"]
+        [graphs.signal.topology.evaluate]
+        inputs = ["book", "ref"]
+        routes = {{ Alert = "alert", Ok = "record" }}
+        [graphs.signal.topology.alert]
+        [graphs.signal.topology.record]
+        [sinks.out]
+        type = "kafka"
+        topic = "signals"
+        [worker]
+        bootstrap_servers = "127.0.0.1:9"
+        drain_timeout = "10s"
+        http = {{ enabled = false }}
+        state_store = {{ enabled = false }}
+        """,
+    )
+    worker = Worker(load_config([file], environ={}), install_signals=False)
+    worker.build()
+    sink = worker.sinks["out"]
+    # Producer closes wait at most a fifth of drain_timeout: the final commit always fits.
+    assert sink.close_timeout == 2.0 and worker.kafka_dead_letters.close_timeout == 2.0
+    running = asyncio.create_task(worker.run())
+    await wait_until(lambda: worker.runtime is not None and worker.runtime.ready(), timeout=20)
+    with structlog.testing.capture_logs() as logs:
+        fenced = KafkaError(KafkaError._FENCED, "idempotent producer fenced", fatal=True)
+        await asyncio.to_thread(sink.producer.errors, fenced)  # as librdkafka's poll thread
+        code = await asyncio.wait_for(running, 30)
+    assert code == 1
+    (failed,) = [e for e in logs if e["event"] == "component failed"]
+    assert failed["component"] == "sink:out" and "fenced" in failed["reason"]
+
+
+async def test_a_worker_that_fails_to_start_reports_no_component_failure(
+    tmp_path: Path,
+    mod: str,  # noqa: F811
+) -> None:
+    file = write(
+        tmp_path,
+        "h.toml",
+        f"""
+        modules = [{{ name = "{mod}", path = "." }}]
+        [accumulators.book]
+        kind = "passthrough"
+        [accumulators.ref]
+        kind = "passthrough"
+        [reactors.rx]
+        accumulators = ["book", "ref"]
+        mode = "when_all"
+        [graphs.signal]
+        module = "{mod}"
+        reactor = "rx"
+        sinks = ["out"]
+        [graphs.signal.topology.evaluate]
+        inputs = ["book", "ref"]
+        routes = {{ Alert = "alert", Ok = "record" }}
+        [graphs.signal.topology.alert]
+        [graphs.signal.topology.record]
+        [sinks.out]
+        type = "log"
+        [worker]
+        http = {{ port = 0 }}
+        state_store = {{ enabled = false }}
+        """,
+    )
+    worker = Worker(load_config([file], environ={}), install_signals=False)
+    runtime = worker.build()
+
+    async def broken_start() -> None:
+        raise RuntimeError("cannot start")
+
+    runtime.start = broken_start  # type: ignore[method-assign]
+    with structlog.testing.capture_logs() as logs:
+        assert await worker.run() == 1
+    assert [e["event"] for e in logs if e["event"] == "component failed"] == []
+    assert runtime.failures == {}
