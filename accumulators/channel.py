@@ -123,3 +123,8 @@ class Channel:
 
     def add_space_listener(self, listener: Callable[[], None]) -> None:
         self._space_listeners.append(listener)
+
+    def notify_space(self) -> None:
+        """Tell the listeners that room opened elsewhere downstream (a batch was handled)."""
+        for listener in self._space_listeners:
+            listener()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import structlog
@@ -217,6 +218,7 @@ class BatchRunner(AccumulatorRunner):
         self._task: asyncio.Task[None] | None = None
         self._pending_flushes: set[asyncio.Task[None]] = set()
         self._unsent: _UnsentBatch | None = None
+        self._downstream = 0
         self.on_batch_failure: Callable[[str, list[Any], str], Awaitable[None]] | None = None
         """Dead-letters a batch whose function raised; without it the batch stays unacked."""
 
@@ -228,6 +230,17 @@ class BatchRunner(AccumulatorRunner):
     def unsent(self) -> int:
         """Events of a failed batch whose dead letter is still to be sent."""
         return 0 if self._unsent is None else len(self._unsent.events)
+
+    @property
+    def held(self) -> int:
+        """Events this runner holds: buffered, in flushed batches not handled yet (in a
+        channel or a running graph), or waiting for their dead letter."""
+        return len(self._events) + self._downstream + self.unsent
+
+    def _release(self, events: int) -> None:
+        self._downstream -= events
+        for channel in self.channels:
+            channel.notify_space()
 
     def has_space(self) -> bool:
         return (
@@ -300,7 +313,13 @@ class BatchRunner(AccumulatorRunner):
                 self._unsent = _UnsentBatch(events, acks, reason)
                 await self._send_unsent()
                 return
-            await self.deliver(result, acks)
+            count = len(events)
+            self._downstream += count
+            try:
+                await self.deliver(result, (*acks, partial(self._release, count)))
+            except BaseException:
+                self._release(count)
+                raise
         finally:
             self._flushing -= 1
 
@@ -359,7 +378,12 @@ class BatchRunner(AccumulatorRunner):
             )
 
     def health(self) -> dict[str, Any]:
-        return {**super().health(), "buffered": self.buffered, "unsent": self.unsent}
+        return {
+            **super().health(),
+            "buffered": self.buffered,
+            "unsent": self.unsent,
+            "held": self.held,
+        }
 
 
 def make_runner(spec: AccumulatorSpec, channels: list[Channel]) -> AccumulatorRunner:

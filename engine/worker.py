@@ -148,6 +148,10 @@ class Worker:
                 consumer_config=worker.consumer_config() or None,
                 commit_interval=worker.commit_interval,
                 batch_size=worker.batch_size,
+                max_in_flight_per_partition=worker.max_in_flight_per_partition,
+                max_batch_events=worker.max_batch_events,
+                max_dead_letters_in_flight=worker.max_dead_letters_in_flight,
+                max_dead_letter_bytes=worker.max_dead_letter_bytes,
             )
             for group, names in groups.items()
         ]

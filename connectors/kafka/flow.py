@@ -73,15 +73,22 @@ class PartitionFlow:
         """Hold ``tp`` back; before the next fetch it is paused and, with an offset,
         rewound to it (the first event not delivered)."""
         self.paused.add(tp)
-        self.to_pause[tp] = offset
+        self._owe(tp, offset)
         self.stats["pauses"] += 1
+
+    def _owe(self, tp: TP, offset: int | None) -> None:
+        """Queue a pause of ``tp``; of two seeks back, the earlier offset wins (a later
+        pause never drops a seek still to apply)."""
+        if tp not in self.to_pause:
+            self.to_pause[tp] = offset
+        elif offset is not None:
+            pending = self.to_pause[tp]
+            self.to_pause[tp] = offset if pending is None else min(pending, offset)
 
     def rewind(self, tp: TP, offset: int) -> None:
         """A message of paused ``tp`` arrived anyway (fetched before the pause took effect):
         make sure the partition is sought back to ``offset`` at the latest."""
-        pending = self.to_pause.get(tp)
-        if pending is None or offset < pending:
-            self.to_pause[tp] = offset
+        self._owe(tp, offset)
 
     def take_pending(self) -> dict[TP, int | None]:
         """The pauses (and seeks) to apply on the consumer now; until ``applied`` is
@@ -96,7 +103,7 @@ class PartitionFlow:
         self.applying.difference_update(pauses)
         for tp, offset in failed.items():
             if tp in self.paused:
-                self.to_pause.setdefault(tp, offset)
+                self._owe(tp, offset)
 
     # -- resuming ------------------------------------------------------------------------
     def take_ready(self, can_resume: Callable[[TP], bool]) -> list[TP]:
@@ -133,3 +140,34 @@ class PartitionFlow:
             self.assigned.discard(tp)
             self.paused.discard(tp)
             self.to_pause.pop(tp, None)
+
+
+class Budget:
+    """Work in flight (a count and its bytes) against caps, with hysteresis: ``full``
+    from the moment either cap is reached until both are back to half."""
+
+    __slots__ = ("bytes", "count", "full", "max_bytes", "max_count")
+
+    def __init__(self, max_count: int, max_bytes: int) -> None:
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self.count = 0
+        self.bytes = 0
+        self.full = False
+
+    def add(self, size: int) -> bool:
+        """Take one item of ``size`` bytes; returns whether the budget is now full."""
+        self.count += 1
+        self.bytes += size
+        if self.count >= self.max_count or self.bytes >= self.max_bytes:
+            self.full = True
+        return self.full
+
+    def remove(self, size: int) -> bool:
+        """Release one item; returns whether this reopened a full budget."""
+        self.count -= 1
+        self.bytes -= size
+        if self.full and self.count * 2 <= self.max_count and self.bytes * 2 <= self.max_bytes:
+            self.full = False
+            return True
+        return False

@@ -31,6 +31,7 @@ from headrace.accumulators.channel import SharedAck
 from headrace.connectors.dead_letters import DeadLetter
 from headrace.connectors.kafka.commits import Commits
 from headrace.connectors.kafka.flow import (
+    Budget,
     PartitionFlow,
     label,
     labelled,
@@ -56,34 +57,60 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 FORCED: dict[str, Any] = {"enable.auto.commit": False, "enable.auto.offset.store": False}
 PREVIEW_BYTES = 1024
 """Dead letters of oversized messages carry only this much of the value."""
+DEFAULT_MAX_IN_FLIGHT_PER_PARTITION = 100_000
+"""Offsets taken but not handled per partition before it pauses (a stuck head)."""
+DEFAULT_MAX_BATCH_EVENTS = 200_000
+"""Events a batch accumulator holds (buffered + in unhandled batches) before pausing."""
+DEFAULT_MAX_DEAD_LETTERS_IN_FLIGHT = 1_000
+DEFAULT_MAX_DEAD_LETTER_BYTES = 64 * 1024 * 1024
+"""Message dead letters being sent (count, payload bytes) before every partition pauses."""
 
 
 class _Route:
-    """The runners fed by one topic, and how much room they have left."""
+    """The runners fed by one topic, and how much room they have left.
 
-    __slots__ = ("capacity", "is_async", "runners", "topic")
+    A batch runner's room is bounded twice: by its buffer, and by ``max_batch_events``
+    events held in all (buffered, or in batches not handled yet). No route has room while
+    the source's dead letters in flight are over their budget.
+    """
 
-    def __init__(self, topic: str, runners: list[AccumulatorRunner]) -> None:
+    __slots__ = ("capacity", "dead_letters", "is_async", "max_batch_events", "runners", "topic")
+
+    def __init__(
+        self,
+        topic: str,
+        runners: list[AccumulatorRunner],
+        max_batch_events: int = 1 << 30,
+        dead_letters: Budget | None = None,
+    ) -> None:
         self.topic = topic
         self.runners = runners
+        self.max_batch_events = max_batch_events
+        self.dead_letters = dead_letters or Budget(1 << 30, 1 << 62)
         self.is_async = any(
             r.spec.kind is AccumulatorKind.STREAM and r.spec.is_async for r in runners
         )
         self.capacity = min(
             min((c.maxsize for c in r.channels), default=1 << 30)
             if not isinstance(r, BatchRunner)
-            else r.capacity
+            else min(r.capacity, max_batch_events)
             for r in runners
         )
 
     def room(self) -> int:
         """How many more events every runner takes without waiting."""
+        if self.dead_letters.full:
+            return 0
         room = 1 << 30
         for runner in self.runners:
             if not runner.has_space():
                 return 0
             if isinstance(runner, BatchRunner):
-                room = min(room, runner.capacity - runner.buffered)
+                room = min(
+                    room,
+                    runner.capacity - runner.buffered,
+                    self.max_batch_events - runner.held,
+                )
             else:
                 for channel in runner.channels:
                     room = min(room, channel.maxsize - channel.depth)
@@ -116,7 +143,22 @@ class KafkaSource:
         max_message_bytes: int = 1_000_000,
         revoke_timeout: float = 5.0,
         pause_after: float = 0.2,
+        max_in_flight_per_partition: int = DEFAULT_MAX_IN_FLIGHT_PER_PARTITION,
+        max_batch_events: int = DEFAULT_MAX_BATCH_EVENTS,
+        max_dead_letters_in_flight: int = DEFAULT_MAX_DEAD_LETTERS_IN_FLIGHT,
+        max_dead_letter_bytes: int = DEFAULT_MAX_DEAD_LETTER_BYTES,
     ) -> None:
+        for name, cap in (
+            ("max_in_flight_per_partition", max_in_flight_per_partition),
+            ("max_batch_events", max_batch_events),
+            ("max_dead_letters_in_flight", max_dead_letters_in_flight),
+            ("max_dead_letter_bytes", max_dead_letter_bytes),
+        ):
+            if not isinstance(cap, int) or cap < 1:
+                raise ValueError(f"KafkaSource: {name} must be an integer >= 1, got {cap!r}")
+        self.max_in_flight_per_partition = max_in_flight_per_partition
+        self.max_batch_events = max_batch_events
+        self.dead_letter_budget = Budget(max_dead_letters_in_flight, max_dead_letter_bytes)
         self._names = frozenset(accumulators) if accumulators is not None else None
         self._errors = ErrorLog("consumer")
         self.accumulators: frozenset[str] = self._names or frozenset()
@@ -151,6 +193,7 @@ class KafkaSource:
         self._resume_scheduled = False
         self._space = asyncio.Event()
         self._dead_letter_tasks: set[asyncio.Task[None]] = set()
+        self._rooms: dict[str, int] = {}
         self._lag: dict[TP, int] = {}
         self.stats = {
             "messages": 0,
@@ -202,7 +245,10 @@ class KafkaSource:
         self._loop_thread = threading.get_ident()
         topics = self._select(runtime)
         self.accumulators = frozenset(r.name for rs in topics.values() for r in rs)
-        self._routes = {topic: _Route(topic, runners) for topic, runners in topics.items()}
+        self._routes = {
+            topic: _Route(topic, runners, self.max_batch_events, self.dead_letter_budget)
+            for topic, runners in topics.items()
+        }
         if not topics:
             log.warning("kafka source has no accumulator with a topic", group=self.group_id)
             return
@@ -344,7 +390,9 @@ class KafkaSource:
         assigned = flow.assigned
         loads = orjson.loads
         limit = self.max_message_bytes
-        rooms: dict[str, int] = {}
+        cap = self.max_in_flight_per_partition
+        self._rooms = rooms = {}  # cleared when dead letters run out of budget
+        left = 0  # offsets the current partition may still take (in-flight cap)
         count = 0
         current: tuple[str, int] | None = None
         skip = True
@@ -361,6 +409,7 @@ class KafkaSource:
                 route = routes.get(topic)
                 skip = route is None or current not in assigned
                 state = None if skip else self.tracker.partition(current)
+                left = 0 if state is None else cap - state.in_flight
             if skip:
                 continue  # not ours any more
             assert route is not None and state is not None
@@ -379,6 +428,10 @@ class KafkaSource:
             rooms[topic] = room - 1
             if offset <= state.last_begun:
                 continue  # already taken (fetched again after a seek)
+            if left <= 0:  # too many in flight behind a stuck head: pause, fetch here again
+                self._pause(current, state.last_begun + 1 if state.last_begun >= 0 else offset)
+                continue
+            left -= 1
             state.begin(offset)
             ack = partial(state.done, offset)
             count += 1
@@ -459,9 +512,17 @@ class KafkaSource:
             partition=msg.partition(),
             offset=msg.offset(),
         )
+        size = len(letter.payload) if isinstance(letter.payload, bytes | str) else 0
+        if self.dead_letter_budget.add(size):
+            self._rooms.clear()  # the batch being handled takes no more from here on
         task = asyncio.get_running_loop().create_task(self._send_dead_letter(letter, ack))
         self._dead_letter_tasks.add(task)
-        task.add_done_callback(self._dead_letter_tasks.discard)
+        task.add_done_callback(partial(self._dead_letter_done, size))
+
+    def _dead_letter_done(self, size: int, task: asyncio.Task[None]) -> None:
+        self._dead_letter_tasks.discard(task)
+        if self.dead_letter_budget.remove(size):
+            self._on_space()  # reopened: paused partitions may resume
 
     async def _send_dead_letter(self, letter: DeadLetter, ack: Callable[[], None]) -> None:
         """Send until it is durable (the offset waits for it), then count it as handled."""
@@ -539,7 +600,11 @@ class KafkaSource:
 
     def _can_resume(self, tp: TP) -> bool:
         route = self._routes.get(tp[0])
-        return route is not None and route.drained()
+        return (
+            route is not None
+            and route.drained()
+            and self.tracker.in_flight(tp) * 2 <= self.max_in_flight_per_partition
+        )
 
     def _resumed(self, ready: list[TP], done: concurrent.futures.Future[list[TP]]) -> None:
         """A resume that failed (or raised) leaves its partitions paused: hold them, try
@@ -779,6 +844,8 @@ class KafkaSource:
             "paused": labels(self.flow.paused),
             "lag": labelled(self._lag),
             "in_flight": self.tracker.in_flight(),
+            "dead_letters_in_flight": self.dead_letter_budget.count,
+            "dead_letter_bytes_in_flight": self.dead_letter_budget.bytes,
             **self.stats,
             "client_errors": self._errors.count,
         }

@@ -7,6 +7,9 @@ A worker loads one or more TOML files. Each file may hold any of these sections:
     [worker]                                  # at most one file sets it
     bootstrap_servers = "${KAFKA_BOOTSTRAP_SERVERS}"
     group_id = "prices"
+    # also: commit_interval, batch_size, channel_size, drain_timeout, and the Kafka
+    # source's memory bounds max_in_flight_per_partition, max_batch_events,
+    # max_dead_letters_in_flight, max_dead_letter_bytes
     [worker.http]         host, port, token, enabled
     [worker.state_store]  enabled, url, retention_executions, retention_dead_letters,
                           retention_results, prune_interval
@@ -276,6 +279,11 @@ class WorkerConfig(Model):
     commit_interval: Duration = 1.0
     batch_size: int = Field(500, ge=1)
     channel_size: int | None = Field(None, ge=1)
+    # memory bounds of the Kafka source (defaults: headrace.connectors.kafka.source)
+    max_in_flight_per_partition: int = Field(100_000, ge=1)
+    max_batch_events: int = Field(200_000, ge=1)
+    max_dead_letters_in_flight: int = Field(1_000, ge=1)
+    max_dead_letter_bytes: int = Field(64 * 1024 * 1024, ge=1)
     drain_timeout: Duration = 30.0
     kafka: KafkaSettings = Field(default_factory=dict)
     consumer: KafkaSettings = Field(default_factory=dict)

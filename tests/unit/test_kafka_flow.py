@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from headrace.connectors.kafka.flow import PartitionFlow, released_on_assign
+from headrace.connectors.kafka.flow import Budget, PartitionFlow, released_on_assign
 
 A0, A1, B0 = ("a", 0), ("a", 1), ("b", 0)
 
@@ -109,3 +109,13 @@ def test_a_paused_partition_revoked_and_assigned_back_is_released() -> None:
     keep = flow.assign([B0], always)  # full: B0 stays paused, A1 is still held
     assert set(keep) == {A1, B0}
     assert released_on_assign([B0], keep) == []
+
+
+def test_a_budget_is_full_at_either_cap_and_reopens_at_half_of_both() -> None:
+    budget = Budget(max_count=4, max_bytes=100)
+    assert [budget.add(10) for _ in range(4)] == [False, False, False, True]
+    assert budget.remove(10) is False  # 3 of 4: still full
+    assert budget.remove(10) is True  # 2 of 4 and 20 of 100 bytes: open again
+    assert budget.add(90) is True  # 110 bytes
+    assert budget.remove(10) is False  # 2 items but 100 bytes: still full
+    assert budget.remove(90) is True and (budget.count, budget.bytes) == (1, 10)

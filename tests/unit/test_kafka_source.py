@@ -14,7 +14,7 @@ import pytest
 import structlog
 from confluent_kafka import KafkaError, KafkaException
 
-from headrace.accumulators import stream_accumulator
+from headrace.accumulators import batch_accumulator, stream_accumulator
 from headrace.connectors import KafkaSource, MemorySink
 from headrace.engine import Runtime
 from tests.unit.kafka_fakes import FakeConsumer, install
@@ -224,3 +224,146 @@ async def test_a_paused_partition_revoked_and_assigned_back_consumes_again(
         consumer.add(T0, [{"i": i} for i in range(3)])
         await wait_until(lambda: len(sink.results) == 3, 10)
         assert ("resume", [T0]) in consumer.calls
+
+
+# -- memory bounds (issue 7 item 5) -------------------------------------------------------
+
+
+class SlowDeadLetters:
+    """A dead-letter destination that holds every letter until ``open`` is set."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.sending = 0
+        self.most_sending = 0
+        self.letters: list[Any] = []
+
+    async def send(self, letter: Any) -> None:
+        self.sending += 1
+        self.most_sending = max(self.most_sending, self.sending)
+        try:
+            await self.open.wait()
+            self.letters.append(letter)
+        finally:
+            self.sending -= 1
+
+
+@asynccontextmanager
+async def running_with(
+    monkeypatch: pytest.MonkeyPatch, dead_letters: Any, sink: MemorySink, **options: Any
+) -> AsyncIterator[tuple[Runtime, KafkaSource, FakeConsumer]]:
+    consumers = install(monkeypatch)
+    source = KafkaSource(
+        "fake:9092", "g1", commit_interval=0.05, poll_timeout=0.01, pause_after=0.01, **options
+    )
+    runtime = Runtime(sources=[source], sinks=[sink], dead_letters=dead_letters)
+    async with runtime:
+        try:
+            yield runtime, source, consumers[0]
+        finally:  # a failed check must not leave the shutdown waiting for held letters
+            if isinstance(dead_letters, SlowDeadLetters):
+                dead_letters.open.set()
+
+
+async def test_dead_letters_in_flight_are_bounded_by_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    declare()
+    letters, sink = SlowDeadLetters(), MemorySink()
+    options = {"max_dead_letters_in_flight": 5}
+    async with running_with(monkeypatch, letters, sink, **options) as (_, source, consumer):
+        await on_thread(source, consumer.rebalance, "on_assign", [T0])
+        consumer.add(T0, [b"not json"] * 50)
+        await wait_until(lambda: T0 in consumer.paused, 10)
+        await asyncio.sleep(0.2)  # it stays paused while the destination is slow
+        assert letters.most_sending == 5
+        assert source.health()["dead_letters_in_flight"] == 5
+        letters.open.set()
+        await wait_until(lambda: len(letters.letters) == 50, 10)
+        await wait_until(lambda: consumer.committed.get(T0) == 50, 10)
+    assert sorted(letter.offset for letter in letters.letters) == list(range(50))
+    assert letters.most_sending <= 5
+
+
+async def test_dead_letters_in_flight_are_bounded_by_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    declare()
+    letters, sink = SlowDeadLetters(), MemorySink()
+    options = {"max_dead_letter_bytes": 10_000}
+    async with running_with(monkeypatch, letters, sink, **options) as (_, source, consumer):
+        await on_thread(source, consumer.rebalance, "on_assign", [T0])
+        consumer.add(T0, [b"x" * 2_000] * 40)  # not JSON: 40 dead letters of 2 KB
+        await wait_until(lambda: T0 in consumer.paused, 10)
+        await asyncio.sleep(0.2)
+        assert source.health()["dead_letter_bytes_in_flight"] == 10_000
+        letters.open.set()
+        await wait_until(lambda: consumer.committed.get(T0) == 40, 10)
+    assert len(letters.letters) == 40
+    assert letters.most_sending == 5
+
+
+async def test_offsets_in_flight_behind_a_stuck_head_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    declare()
+    letters, sink = SlowDeadLetters(), MemorySink()
+    options = {"max_in_flight_per_partition": 20}
+    async with running_with(monkeypatch, letters, sink, **options) as (_, source, consumer):
+        await on_thread(source, consumer.rebalance, "on_assign", [T0])
+        # offset 0 is poison and its dead letter hangs: a head that does not move
+        consumer.add(T0, [b"not json", *({"i": i} for i in range(1, 200))])
+        await wait_until(lambda: T0 in consumer.paused, 10)
+        await asyncio.sleep(0.2)
+        assert source.tracker.in_flight(T0) == 20
+        assert len(sink.results) == 19
+        letters.open.set()
+        await wait_until(lambda: consumer.committed.get(T0) == 200, 10)
+    assert sorted(out["run"]["i"] for _, out in sink.results) == list(range(1, 200))
+    assert [letter.offset for letter in letters.letters] == [0]
+
+
+async def test_batch_events_held_are_bounded_not_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = Gate()
+
+    @batch_accumulator(topic="t", flush_interval="5ms", max_buffer_size=10)
+    def b(events: list[Any]) -> Any:
+        return [e["i"] for e in events]
+
+    declare_reactor("rx", ["b"], strategy="sequential")
+
+    async def run(b: Any) -> Any:
+        await gate.wait()
+        return b
+
+    one_node_graph("g", "rx", ["b"], run)
+    sink = MemorySink()
+    options = {"max_batch_events": 50}
+    async with running_with(monkeypatch, None, sink, **options) as (runtime, source, consumer):
+        runner = runtime.accumulator("b")
+        try:
+            await on_thread(source, consumer.rebalance, "on_assign", [T0])
+            consumer.add(T0, [{"i": i} for i in range(300)])
+            most = 0
+            for _ in range(300):  # sample for ~0.3 s while the graph holds every batch
+                most = max(most, runner.held)
+                await asyncio.sleep(0.001)
+            assert T0 in consumer.paused
+            assert 40 <= most <= 50, most  # the channel alone would hold 1024 batches
+        finally:
+            gate.release(1000)
+        await wait_until(lambda: consumer.committed.get(T0) == 300, 10)
+    assert sorted(i for _, out in sink.results for i in out["run"]) == list(range(300))
+
+
+def test_the_worker_config_exposes_the_same_bounds_as_the_source() -> None:
+    from headrace.connectors.kafka import source as module
+    from headrace.engine.config.schema import WorkerConfig
+
+    worker = WorkerConfig()
+    assert worker.max_in_flight_per_partition == module.DEFAULT_MAX_IN_FLIGHT_PER_PARTITION
+    assert worker.max_batch_events == module.DEFAULT_MAX_BATCH_EVENTS
+    assert worker.max_dead_letters_in_flight == module.DEFAULT_MAX_DEAD_LETTERS_IN_FLIGHT
+    assert worker.max_dead_letter_bytes == module.DEFAULT_MAX_DEAD_LETTER_BYTES
+
+
+@pytest.mark.parametrize("name", ["max_in_flight_per_partition", "max_batch_events"])
+def test_a_bound_below_one_is_refused_with_its_name(name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        KafkaSource("fake:9092", "g1", **{name: 0})
