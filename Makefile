@@ -36,6 +36,12 @@ test: install lint
 test-fast: install
 	$(BIN)/pytest -q -m "not kafka and not postgres and not slow"
 
+# The long black-box chaos soak (>= 20 SIGKILLs, >= 30,000 messages; `make test` runs the
+# short one). HEADRACE_SOAK_SEED=N replays a run's chaos plan; the figures are printed.
+.PHONY: soak
+soak: install
+	HEADRACE_SOAK=long $(BIN)/pytest -q -s -p no:cacheprovider tests/integration/test_chaos_soak.py
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
