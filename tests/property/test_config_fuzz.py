@@ -24,11 +24,9 @@ from typing import Any
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-import headrace.accumulators.registry
-import headrace.engine.graph.registry
-import headrace.reactors.declaration
 from headrace.engine.config.loader import LoadedConfig, load_config
 from headrace.engine.config.schema import ConfigError
+from headrace.registry import default_registry
 
 NODES = """
 from pydantic import BaseModel
@@ -325,22 +323,12 @@ def isolated() -> Iterator[None]:
     """Registries, sys.path and the fuzz's node module as they were before one example
     (only that module is dropped: re-importing libraries the loader imports lazily, such as
     SQLAlchemy, every example would be slow and leak memory)."""
-    registries = (
-        headrace.accumulators.registry._accumulators,
-        headrace.reactors.declaration._reactors,
-        headrace.engine.graph.registry._graphs,
-    )
-    saved = [dict(r) for r in registries]
-    bindings = {k: set(v) for k, v in headrace.reactors.declaration._bindings.items()}
+    snapshot = default_registry.snapshot()
     path = list(sys.path)
     try:
         yield
     finally:
-        for registry, snapshot in zip(registries, saved, strict=True):
-            registry.clear()
-            registry.update(snapshot)
-        headrace.reactors.declaration._bindings.clear()
-        headrace.reactors.declaration._bindings.update(bindings)
+        default_registry.restore(snapshot)
         sys.path[:] = path
         sys.modules.pop(MODULE, None)
 
