@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from tests.fixtures import REPO_ROOT, ScriptError, unavailable
@@ -43,13 +42,6 @@ from tests.integration.test_worker_cli import headrace_command
 
 TP = tuple[int, int]  # partition, offset
 
-ONCE_PER_SUITE = pytest.mark.skipif(
-    os.environ.get("HEADRACE_TEST_LOG_FORMAT", "").strip().lower() == "console",
-    reason="black-box worker test: its workers log JSON whatever this process's log format, "
-    "so it runs in the JSON pass of `make test` only",
-)
-"""For tests that only drive ``headrace run`` subprocesses: ``make test`` runs the suite
-once per log format of the test process, which changes nothing for them."""
 
 SOAK_NODES = '''
 """Node functions and the input model of the chaos soak graph."""

@@ -27,7 +27,6 @@ import pytest
 
 from tests.fixtures.kafka_broker import create_topic, unique_topic
 from tests.integration.chaos import (
-    ONCE_PER_SUITE,
     Chaos,
     ChaosPlan,
     CliWorker,
@@ -70,7 +69,6 @@ if SIZE not in SIZES:
     raise pytest.UsageError(f"HEADRACE_SOAK must be one of {', '.join(SIZES)}, got {SIZE!r}")
 
 pytestmark = [
-    ONCE_PER_SUITE,
     pytest.mark.kafka,
     pytest.mark.slow,
     pytest.mark.timeout(SIZES[SIZE].timeout),

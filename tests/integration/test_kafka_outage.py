@@ -19,7 +19,6 @@ import pytest
 
 from tests.fixtures.kafka_broker import create_topic, unique_topic
 from tests.integration.chaos import (
-    ONCE_PER_SUITE,
     CliWorker,
     SignalReader,
     own_broker,
@@ -29,7 +28,7 @@ from tests.integration.chaos import (
 )
 from tests.integration.kafka_harness import end_offsets, produce_books
 
-pytestmark = [ONCE_PER_SUITE, pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(420)]
 
 MESSAGE_TIMEOUT_MS = 5_000
 DOWN_SECONDS = 3 * MESSAGE_TIMEOUT_MS / 1000

@@ -36,7 +36,6 @@ import pytest
 
 from tests.fixtures.kafka_broker import create_topic, unique_topic
 from tests.integration.chaos import (
-    ONCE_PER_SUITE,
     CliWorker,
     SignalReader,
     own_broker,
@@ -45,7 +44,7 @@ from tests.integration.chaos import (
 )
 from tests.integration.kafka_harness import book, produce_raw
 
-pytestmark = [ONCE_PER_SUITE, pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(600)]
 
 POISON = 8_000
 POISON_BYTES = 50_000
