@@ -72,7 +72,7 @@ modules = [{ name = "soak_nodes", path = "." }]
 bootstrap_servers = "${KAFKA_BOOTSTRAP_SERVERS}"
 group_id = "${SOAK_GROUP}"
 commit_interval = "200ms"
-drain_timeout = "${SOAK_DRAIN_TIMEOUT:-20s}"
+drain_timeout = "${SOAK_DRAIN_TIMEOUT:-45s}"
 
 [worker.consumer]
 "session.timeout.ms" = "${SOAK_SESSION_TIMEOUT_MS:-6000}"
@@ -489,7 +489,7 @@ class ChaosPlan:
     max_workers: int = 3
     pause: tuple[float, float] = (2.0, 4.0)
     broker_down: tuple[float, float] = (3.0, 6.0)
-    term_deadline: float = 60.0
+    term_deadline: float = 90.0
     ready_deadline: float = 90.0
 
 
