@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,6 +225,51 @@ def partitions_of(bootstrap: str, topic: str, timeout: float = 10.0) -> list[int
 
 
 # -- records -------------------------------------------------------------------------------
+def produce(
+    bootstrap: str,
+    topic: str,
+    messages: Iterable[tuple[bytes | str | None, bytes | None]],
+    *,
+    config: Mapping[str, Any] | None = None,
+    timeout: float = 60.0,
+) -> list[tuple[int, int]]:
+    """Produce ``(key, value)`` pairs as they are (a ``None`` value is a tombstone), with
+    acks=all and idempotence; ``config`` adds producer settings. Waits for every delivery
+    report; returns the (partition, offset) of each message, in input order."""
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            **(config or {}),
+        }
+    )
+    results: list[tuple[int, int] | KafkaError | None] = []
+
+    def delivered(index: int) -> Callable[[KafkaError | None, Message], None]:
+        def cb(err: KafkaError | None, msg: Message) -> None:
+            results[index] = err if err is not None else (msg.partition(), msg.offset())
+
+        return cb
+
+    for key, value in messages:
+        results.append(None)
+        while True:
+            try:
+                producer.produce(topic, value, key, on_delivery=delivered(len(results) - 1))
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                producer.poll(0.05)
+        producer.poll(0)
+    remaining = producer.flush(timeout)
+    if remaining:
+        raise TimeoutError(f"{remaining} messages to {topic} not delivered in {timeout}s")
+    failed = [r for r in results if not isinstance(r, tuple)]
+    if failed:
+        raise KafkaException(failed[0])
+    return [r for r in results if isinstance(r, tuple)]
+
+
 def produce_json(
     bootstrap: str,
     topic: str,
@@ -237,34 +282,12 @@ def produce_json(
 
     Returns the (partition, offset) of each message, in input order.
     """
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
-    )
-    results: list[tuple[int, int] | KafkaError | None] = []
 
-    def delivered(index: int) -> Callable[[KafkaError | None, Message], None]:
-        def cb(err: KafkaError | None, msg: Message) -> None:
-            results[index] = err if err is not None else (msg.partition(), msg.offset())
+    def pairs() -> Iterator[tuple[bytes | str | None, bytes]]:
+        for value in values:
+            yield (key(value) if callable(key) else key), json.dumps(value).encode()
 
-        return cb
-
-    for value in values:
-        k = key(value) if callable(key) else key
-        results.append(None)
-        producer.produce(
-            topic,
-            value=json.dumps(value).encode(),
-            key=k.encode() if isinstance(k, str) else k,
-            on_delivery=delivered(len(results) - 1),
-        )
-        producer.poll(0)
-    remaining = producer.flush(timeout)
-    if remaining:
-        raise TimeoutError(f"{remaining} messages to {topic} not delivered in {timeout}s")
-    failed = [r for r in results if not isinstance(r, tuple)]
-    if failed:
-        raise KafkaException(failed[0])
-    return [r for r in results if isinstance(r, tuple)]
+    return produce(bootstrap, topic, pairs(), timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -375,3 +398,61 @@ def committed_offsets(
     finally:
         consumer.close()
     return {tp.partition: tp.offset for tp in committed if tp.offset >= 0}
+
+
+def end_offsets(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, int]:
+    """{partition: high watermark} of ``topic`` (with idempotent producers and no
+    transactions: how many messages each partition holds)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "headrace-watermarks"})
+    try:
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+            for p in partitions_of(bootstrap, topic)
+        }
+    finally:
+        consumer.close()
+
+
+class TopicReader:
+    """Reads ``topic`` from the beginning of every partition, a little at a time, for
+    tests that wait for outputs while a worker runs (manual assignment: no group join, no
+    commits). Subclasses override :meth:`handle`; ``records`` counts what was read."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "log_level": 2,
+            }
+        )
+        self.consumer.assign([TopicPartition(topic, p, 0) for p in partitions_of(bootstrap, topic)])
+        self.records = 0
+
+    def handle(self, msg: Message) -> None:
+        """One record read (not an error); the default keeps nothing."""
+
+    def poll(self, seconds: float) -> None:
+        """Read for ``seconds``, handing each record to :meth:`handle`."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for msg in self.consumer.consume(1000, 0.1):
+                error = msg.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        raise KafkaException(error)
+                    continue
+                self.records += 1
+                self.handle(msg)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+    def __enter__(self) -> TopicReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import httpx
 
@@ -117,17 +118,28 @@ class _WorkerClient:
 
 
 class HeadraceWorker(_WorkerClient):
-    """One ``python -m headrace run FILE.toml ...`` process."""
+    """One ``python -m headrace run FILE.toml ...`` process.
+
+    ``env`` is added to this process's environment (a ``None`` value removes a variable).
+    ``log_format`` is passed as ``--log-format`` (``None``: the worker's default, JSON off
+    a terminal). ``stdout_path``/``stderr_path`` keep a copy of each stream in a file, line
+    by line as it arrives. With ``die_with_parent`` (Linux) the worker is SIGKILLed when the
+    thread that started it ends, so a crashed test run leaves no worker behind.
+    """
 
     def __init__(
         self,
         files: Sequence[str | Path],
         *,
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
         cwd: str | Path | None = None,
         bootstrap: str | None = None,
         token: str | None = None,
         python: str = sys.executable,
+        log_format: str | None = "json",
+        stdout_path: str | Path | None = None,
+        stderr_path: str | Path | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         if not files:
             raise ValueError("headrace_worker needs at least one TOML config file")
@@ -140,44 +152,54 @@ class HeadraceWorker(_WorkerClient):
         self.stderr: list[str] = []
         self._base_url: str | None = None
         self._changed = threading.Condition()
-        child_env = {**os.environ, "HEADRACE_HTTP_PORT": "0"}
+        child_env: dict[str, str | None] = {**os.environ, "HEADRACE_HTTP_PORT": "0"}
         if bootstrap is not None:
             child_env["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
         child_env.update(env or {})
+        fmt = ["--log-format", log_format] if log_format else []
         self.proc = subprocess.Popen(
-            [python, "-m", "headrace", "run", *map(str, self.files), "--log-format", "json"],
+            [python, "-m", "headrace", "run", *map(str, self.files), *fmt],
             cwd=self.cwd,
-            env=child_env,
+            env={k: v for k, v in child_env.items() if v is not None},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=set_parent_death_signal if die_with_parent else None,
         )
         self._readers = [
-            threading.Thread(target=self._read_stdout, daemon=True),
-            threading.Thread(target=self._read_stderr, daemon=True),
+            threading.Thread(
+                target=self._read, args=(self.proc.stdout, self.raw, stdout_path), daemon=True
+            ),
+            threading.Thread(
+                target=self._read, args=(self.proc.stderr, self.stderr, stderr_path), daemon=True
+            ),
         ]
         for reader in self._readers:
             reader.start()
 
-    # -- the log -------------------------------------------------------------------------
-    def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._changed:
-                self.raw.append(line.rstrip("\n"))
-                with contextlib.suppress(ValueError):
-                    parsed = json.loads(line)
-                    if isinstance(parsed, dict):
-                        self.lines.append(parsed)
-                self._changed.notify_all()
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._changed:
-                self.stderr.append(line.rstrip("\n"))
-                self._changed.notify_all()
+    # -- the log -------------------------------------------------------------------------
+    def _read(self, stream: IO[str] | None, into: list[str], copy: str | Path | None) -> None:
+        assert stream is not None
+        with contextlib.ExitStack() as stack:
+            file = stack.enter_context(open(copy, "w")) if copy is not None else None
+            for line in stream:
+                text = line.rstrip("\n")
+                if file is not None:
+                    file.write(line)
+                    file.flush()
+                with self._changed:
+                    into.append(text)
+                    if into is self.raw:
+                        with contextlib.suppress(ValueError):
+                            parsed = json.loads(text)
+                            if isinstance(parsed, dict):
+                                self.lines.append(parsed)
+                    self._changed.notify_all()
 
     def events(self, event: str) -> list[dict[str, Any]]:
         """Every JSON log line whose ``event`` is ``event``, so far."""
@@ -224,7 +246,13 @@ class HeadraceWorker(_WorkerClient):
             errors = "\n".join(self.stderr[-30:])
         return f"--- stdout (last lines) ---\n{tail}\n--- stderr ---\n{errors}"
 
-    # -- stopping ------------------------------------------------------------------------
+    # -- signals and stopping ------------------------------------------------------------
+    def send(self, signum: int) -> None:
+        """Send ``signum`` and return at once (``SIGKILL``: a crash, ``SIGSTOP``/``SIGCONT``:
+        a frozen process); a worker that already exited is left alone."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         """Send ``signum`` (default SIGTERM: drain and stop); return the exit code."""
         if self.proc.poll() is None:
@@ -345,6 +373,12 @@ class InProcessWorker(_WorkerClient):
         for name in dropped:
             del sys.modules[name]
         return dropped
+
+
+def set_parent_death_signal() -> None:  # pragma: no cover - runs in the child
+    """PR_SET_PDEATHSIG(SIGKILL): the worker must not outlive the test that started it."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
 
 
 def _declares(module: Any) -> bool:

@@ -16,7 +16,6 @@ terminal); the test only sends signals, restarts the broker and reads topics and
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import re
 import signal
@@ -24,7 +23,6 @@ import subprocess
 import textwrap
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,13 +30,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException
 
+from headrace.testing.kafka import TopicReader as TopicReader  # re-exported: chaos API
+from headrace.testing.kafka import end_offsets
+from headrace.testing.worker import HeadraceWorker
 from tests.fixtures import REPO_ROOT, ScriptError, unavailable
-from tests.fixtures.kafka_broker import committed_offsets, partitions_of
-from tests.integration.kafka_harness import _die_with_parent, book, end_offsets, producer
+from tests.fixtures.kafka_broker import committed_offsets
+from tests.integration.kafka_harness import SignalReader as SignalReader  # re-exported
+from tests.integration.kafka_harness import book, producer
 from tests.integration.test_kafka_broker_restart import PrivateBroker
-from tests.integration.test_worker_cli import headrace_command
 
 TP = tuple[int, int]  # partition, offset
 
@@ -143,11 +144,15 @@ class Incarnation:
     """One ``headrace run`` process of a slot, and how it ended."""
 
     number: int
-    proc: subprocess.Popen[bytes]
-    stdout: Path
+    worker: HeadraceWorker
+    stdout: Path  # copies of the worker's streams, written as they arrive
     stderr: Path
     signalled: str | None = None  # "SIGKILL" or "SIGTERM" once the test sent one
     signalled_at: float = 0.0
+
+    @property
+    def proc(self) -> subprocess.Popen[str]:
+        return self.worker.proc
 
     @property
     def exit_code(self) -> int | None:
@@ -155,16 +160,22 @@ class Incarnation:
 
 
 class CliWorker:
-    """A worker slot: ``headrace run CONFIG``; each ``start`` is a new incarnation.
+    """A worker slot: ``headrace run CONFIG``; each ``start`` is a new incarnation, a
+    ``HeadraceWorker`` of the toolkit that dies with the test process.
 
-    stdout goes to a file (not a terminal), so the worker logs JSON by its default; stderr
-    goes to a file of its own, so stdout can be checked to be JSON lines only.
+    The worker logs with its default format (JSON: its stdout is not a terminal); a copy of
+    stdout and of stderr goes to files of their own, so stdout can be checked to be JSON
+    lines only.
     """
 
     def __init__(self, name: str, config: Path, env: dict[str, str], workdir: Path) -> None:
         self.name, self.config, self.workdir = name, config, workdir
-        self.env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **env}
-        self.env.pop("HEADRACE_LOG_FORMAT", None)  # the default decides: JSON off a terminal
+        # HEADRACE_LOG_FORMAT removed: the default decides (JSON off a terminal)
+        self.env: dict[str, str | None] = {
+            "PYTHONPATH": str(REPO_ROOT),
+            **env,
+            "HEADRACE_LOG_FORMAT": None,
+        }
         self.incarnations: list[Incarnation] = []
 
     @property
@@ -183,17 +194,16 @@ class CliWorker:
         number = len(self.incarnations) + 1
         stdout = self.workdir / f"{self.name}.{number}.out"
         stderr = self.workdir / f"{self.name}.{number}.err"
-        with open(stdout, "wb") as out, open(stderr, "wb") as err:
-            proc = subprocess.Popen(
-                [*headrace_command(), "run", str(self.config)],
-                cwd=self.config.parent,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                preexec_fn=_die_with_parent,
-            )
-        incarnation = Incarnation(number, proc, stdout, stderr)
+        worker = HeadraceWorker(
+            [self.config],
+            env=self.env,
+            cwd=self.config.parent,
+            log_format=None,
+            stdout_path=stdout,
+            stderr_path=stderr,
+            die_with_parent=True,
+        )
+        incarnation = Incarnation(number, worker, stdout, stderr)
         self.incarnations.append(incarnation)
         return incarnation
 
@@ -201,7 +211,7 @@ class CliWorker:
         incarnation = self.current
         assert incarnation is not None and incarnation.exit_code is None
         incarnation.signalled, incarnation.signalled_at = signum.name, time.monotonic()
-        incarnation.proc.send_signal(signum)
+        incarnation.worker.send(signum)
         return incarnation
 
     def kill(self) -> None:
@@ -214,37 +224,22 @@ class CliWorker:
         return [
             line
             for incarnation in self.incarnations
-            for line in log_lines(incarnation.stdout)[0]
+            for line in list(incarnation.worker.lines)
             if name is None or line.get("event") == name
         ]
 
     def wait_ready(self, timeout: float) -> None:
         incarnation = self.current
         assert incarnation is not None
-
-        def ready() -> bool:
-            if incarnation.exit_code is not None:
-                raise AssertionError(
-                    f"{self.name}#{incarnation.number} exited {incarnation.exit_code} "
-                    f"before 'worker ready':\n{self.tail()}"
-                )
-            return any(e.get("event") == "worker ready" for e in log_lines(incarnation.stdout)[0])
-
-        wait_until(ready, timeout, f"{self.name}#{incarnation.number} to log 'worker ready'")
+        incarnation.worker.wait_for_log("worker ready", timeout)
 
     def tail(self, lines: int = 30) -> str:
         incarnation = self.current
-        if incarnation is None:
-            return "(never started)"
-        out = incarnation.stdout.read_text(errors="replace").splitlines()[-lines:]
-        err = incarnation.stderr.read_text(errors="replace").splitlines()[-lines:]
-        return "\n".join(["--- stdout ---", *out, "--- stderr ---", *err])
+        return "(never started)" if incarnation is None else incarnation.worker.output()
 
     def close(self) -> None:
         for incarnation in self.incarnations:
-            if incarnation.exit_code is None:
-                incarnation.proc.kill()
-                incarnation.proc.wait(30)
+            incarnation.worker.kill()
 
 
 def log_lines(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
@@ -370,67 +365,6 @@ class MixedProducer(threading.Thread):
 
 
 # -- reading topics -------------------------------------------------------------------------
-
-
-class TopicReader:
-    """Reads a topic from the beginning (manual assignment: no group, no commits)."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.topic = topic
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "log_level": 2,
-            }
-        )
-        self.consumer.assign([TopicPartition(topic, p, 0) for p in partitions_of(bootstrap, topic)])
-        self.records = 0
-
-    def handle(self, msg: Any) -> None:
-        raise NotImplementedError
-
-    def poll(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            for msg in self.consumer.consume(1000, 0.1):
-                if msg.error() is not None:
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        raise KafkaException(msg.error())
-                    continue
-                self.records += 1
-                self.handle(msg)
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
-class SignalReader(TopicReader):
-    """The soak's output topic: ``ids`` counts outputs per input id."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        super().__init__(bootstrap, topic)
-        self.ids: Counter[int] = Counter()
-
-    def handle(self, msg: Any) -> None:
-        self.ids[orjson.loads(msg.value())["signal"]["id"]] += 1
-
-    def wait_for(self, expected: set[int], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.poll(0.3)
-            if expected <= self.ids.keys():
-                return
-        missing = sorted(expected - self.ids.keys())
-        raise AssertionError(
-            f"{self.topic}: {len(missing)} inputs without an output after {timeout:.0f}s, "
-            f"e.g. ids {missing[:20]}"
-        )
-
-    def duplicates(self) -> int:
-        return sum(count - 1 for count in self.ids.values())
 
 
 class DeadLetterReader(TopicReader):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -17,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Producer
 
+from headrace.testing.kafka import TopicReader, end_offsets, produce
+from headrace.testing.worker import set_parent_death_signal
 from tests.fixtures import REPO_ROOT
-from tests.fixtures.kafka_broker import committed_offsets, create_topic, partitions_of, unique_topic
+from tests.fixtures.kafka_broker import committed_offsets, create_topic, unique_topic
 
 SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD", "ADA-USD")
 
@@ -57,30 +57,8 @@ def produce_raw(
     timeout: float = 60.0,
 ) -> list[tuple[int, int]]:
     """Produce ``(key, value)`` pairs (value may be None); returns (partition, offset) each."""
-    prod = producer(bootstrap, **{"message.max.bytes": 4_000_000})
-    results: list[Any] = []
-
-    def delivered(index: int) -> Callable[[KafkaError | None, Any], None]:
-        def callback(error: KafkaError | None, msg: Any) -> None:
-            results[index] = error if error is not None else (msg.partition(), msg.offset())
-
-        return callback
-
-    for key, value in values:
-        results.append(None)
-        while True:
-            try:
-                prod.produce(topic, value, key, on_delivery=delivered(len(results) - 1))
-                break
-            except BufferError:
-                prod.poll(0.05)
-        prod.poll(0)
-    if prod.flush(timeout):
-        raise TimeoutError(f"messages to {topic} not delivered in {timeout}s")
-    failed = [r for r in results if not isinstance(r, tuple)]
-    if failed:
-        raise KafkaException(failed[0])
-    return results
+    config = {"message.max.bytes": 4_000_000, "log_level": 2}
+    return produce(bootstrap, topic, values, config=config, timeout=timeout)
 
 
 def produce_books(bootstrap: str, topic: str, ids: Iterable[int]) -> list[tuple[int, int]]:
@@ -131,12 +109,6 @@ class PacedProducer(threading.Thread):
         self.join(30)
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """A worker must not outlive the test process (PR_SET_PDEATHSIG = 1)."""
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-
-
 class Worker:
     """``tests.integration.worker_app`` in a subprocess."""
 
@@ -173,7 +145,7 @@ class Worker:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=set_parent_death_signal,
         )
         log.close()
         self.starts += 1
@@ -239,49 +211,34 @@ class Worker:
         self.kill()
 
 
-class OutputReader:
-    """Reads the output topic from the beginning; ``ids`` counts signals per order book id."""
+class SignalReader(TopicReader):
+    """An output topic of order-book signals: ``ids`` counts outputs per input id."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "log_level": 2,
-            }
-        )
-        self.consumer.assign([TopicPartition(topic, p, 0) for p in partitions_of(bootstrap, topic)])
+        super().__init__(bootstrap, topic)
         self.ids: Counter[int] = Counter()
-        self.records = 0
 
-    def poll(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            for msg in self.consumer.consume(1000, 0.1):
-                if msg.error() is not None:
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        raise KafkaException(msg.error())
-                    continue
-                self.ids[orjson.loads(msg.value())["signal"]["id"]] += 1
-                self.records += 1
+    def handle(self, msg: Any) -> None:
+        self.ids[orjson.loads(msg.value())["signal"]["id"]] += 1
 
     def wait_for(self, expected: set[int], timeout: float) -> None:
-        """Read until every id in ``expected`` has a signal (AssertionError naming the gap)."""
+        """Read until every id in ``expected`` has an output (AssertionError naming the gap)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.poll(0.3)
             if expected <= self.ids.keys():
                 return
         missing = sorted(expected - self.ids.keys())
-        raise AssertionError(f"{len(missing)} inputs without a signal, e.g. {missing[:20]}")
+        raise AssertionError(
+            f"{self.topic}: {len(missing)} inputs without an output after {timeout:.0f}s, "
+            f"e.g. ids {missing[:20]}"
+        )
 
     def duplicates(self) -> int:
         return sum(count - 1 for count in self.ids.values())
 
-    def close(self) -> None:
-        self.consumer.close()
+
+OutputReader = SignalReader
 
 
 def topics_and_group(bootstrap: str, prefix: str, partitions: int = 3) -> tuple[str, str, str]:
@@ -309,15 +266,3 @@ def assert_committed_to_end(bootstrap: str, group: str, topic: str) -> None:
     ends = end_offsets(bootstrap, topic)
     committed = committed_offsets(bootstrap, group, topic)
     assert {p: committed.get(p, 0) for p in ends} == ends, (committed, ends)
-
-
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    """{partition: high watermark}: with idempotent producers, the number of messages."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
-    try:
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in partitions_of(bootstrap, topic)
-        }
-    finally:
-        consumer.close()

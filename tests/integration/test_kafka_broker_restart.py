@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from headrace.testing.worker import set_parent_death_signal
 from tests.fixtures import ScriptError, env_line, run_script, unavailable
 from tests.fixtures.kafka_broker import (
     KAFKA_LOCAL,
@@ -31,7 +32,6 @@ from tests.integration.kafka_harness import (
     OutputReader,
     PacedProducer,
     Worker,
-    _die_with_parent,
     assert_committed_to_end,
 )
 
@@ -84,7 +84,7 @@ class PrivateBroker:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=set_parent_death_signal,
             )
         (self.state / "pid").write_text(f"{self.restarted.pid}\n")
         deadline = time.monotonic() + timeout

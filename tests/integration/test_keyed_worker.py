@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,27 +17,21 @@ from tests.fixtures.kafka_broker import (
     produce_json,
     unique_topic,
 )
-from tests.integration.test_worker_cli import EXAMPLES, REPO, WorkerProcess, http_get
+from tests.integration.test_worker_cli import (  # noqa: F401 (fixture)
+    EXAMPLES,
+    REPO,
+    WorkerProcess,
+    http_get,
+    workers,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 
 
-@pytest.fixture
-def workers() -> Iterator[Callable[..., WorkerProcess]]:
-    """Start workers; every one still running at the end is killed."""
-    started: list[WorkerProcess] = []
-
-    def start(files: list[str | Path], env: dict[str, str], cwd: Path) -> WorkerProcess:
-        started.append(WorkerProcess(files, env, cwd))
-        return started[-1]
-
-    yield start
-    for worker in started:
-        worker.kill()
-
-
 def test_keyed_example_worker_keys_results_by_symbol(
-    kafka_bootstrap: str, tmp_path: Path, workers: Callable[..., WorkerProcess]
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    workers: Callable[..., WorkerProcess],  # noqa: F811
 ) -> None:
     topics = {
         name: create_topic(kafka_bootstrap, unique_topic(name), partitions=2)

@@ -3,16 +3,20 @@ broker, and a worker that cannot start reported with its exit code and output.""
 
 from __future__ import annotations
 
+import json
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from headrace.registry import default_registry
-from headrace.testing import InProcessWorker, WorkerError
+from headrace.testing import HeadraceWorker, InProcessWorker, WorkerError
 from headrace.testing.kafka import partitions_of
 from tests.fixtures import REPO_ROOT
+from tests.integration.test_worker_cli import NODES, passthrough_config
 
 USER_PROJECT = REPO_ROOT / "examples" / "user_project"
 
@@ -90,3 +94,41 @@ def test_a_worker_that_cannot_start_reports_its_exit_code_and_output(
     assert "worker exited with 2 before logging 'worker ready'" in message
     assert "no_such_module_here" in message
     assert worker.stop() == 2
+
+
+def test_worker_signals_log_copies_and_the_default_log_format(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``send`` freezes (SIGSTOP) and thaws (SIGCONT) the worker without waiting;
+    ``stdout_path``/``stderr_path`` copy the streams as they arrive; ``log_format=None``
+    and an env value of ``None`` (unset) leave the format to the worker: JSON off a
+    terminal, although this process has ``HEADRACE_LOG_FORMAT=console``."""
+    (tmp_path / "hr_worker_nodes.py").write_text(NODES)
+    config = passthrough_config(tmp_path, "slow")
+    monkeypatch.setenv("HEADRACE_LOG_FORMAT", "console")
+    out, err = tmp_path / "worker.out", tmp_path / "worker.err"
+    worker = HeadraceWorker(
+        [config],
+        env={"HEADRACE_LOG_FORMAT": None},
+        log_format=None,
+        stdout_path=out,
+        stderr_path=err,
+        die_with_parent=True,
+    )
+    try:
+        base = worker.ready()
+        worker.send(signal.SIGSTOP)
+        with pytest.raises(httpx.TimeoutException):  # frozen: the API does not answer
+            httpx.get(f"{base}/v1/health/live", timeout=1.0)
+        worker.send(signal.SIGCONT)
+        assert httpx.get(f"{base}/v1/health/live", timeout=10).is_success
+        assert worker.stop() == 0, worker.output()
+    finally:
+        worker.kill()
+    copied = out.read_text().splitlines()
+    assert copied == worker.raw and len(copied) >= 2
+    assert [json.loads(line)["event"] for line in copied] == [e["event"] for e in worker.lines]
+    assert worker.events("worker ready") and worker.events("worker stopped")
+    assert err.read_text().splitlines() == worker.stderr
+    worker.send(signal.SIGKILL)  # exited already: nothing is sent, nothing raises
+    assert worker.returncode == 0

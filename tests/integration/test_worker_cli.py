@@ -8,7 +8,6 @@ over HTTP) and prove signal handling and the error policy of the worker process 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -17,7 +16,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,6 +27,7 @@ import psycopg
 import pytest
 
 from headrace.engine.store.state_store import StateStore
+from headrace.testing.worker import HeadraceWorker
 from tests.fixtures.kafka_broker import (
     committed_offsets,
     consume_all,
@@ -52,93 +51,14 @@ def headrace_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "headrace.engine.cli"]
 
 
-class WorkerProcess:
-    """``headrace run`` in a subprocess; its JSON log lines are parsed as they come."""
+class WorkerProcess(HeadraceWorker):
+    """``headrace run`` in a subprocess (the toolkit's ``HeadraceWorker``) with this
+    checkout on ``PYTHONPATH``; it dies with the test process."""
 
     def __init__(self, files: list[str | Path], env: dict[str, str], cwd: Path) -> None:
-        self.lines: list[dict[str, Any]] = []
-        self.raw: list[str] = []
-        self.stderr: list[str] = []
-        self._changed = threading.Condition()
-        self.proc = subprocess.Popen(
-            [*headrace_command(), "run", *map(str, files), "--log-format", "json"],
-            cwd=cwd,
-            env={**os.environ, "PYTHONPATH": str(REPO), **env},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self._threads = [
-            threading.Thread(target=self._read_stdout, daemon=True),
-            threading.Thread(target=self._read_stderr, daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        super().__init__(files, env={"PYTHONPATH": str(REPO), **env}, cwd=cwd, die_with_parent=True)
 
-    def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._changed:
-                self.raw.append(line.rstrip("\n"))
-                with contextlib.suppress(ValueError):
-                    self.lines.append(json.loads(line))
-                self._changed.notify_all()
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr.append(line.rstrip("\n"))
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        with self._changed:
-            return [line for line in self.lines if line.get("event") == name]
-
-    def wait_for(self, name: str, timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines:
-                    if line.get("event") == name:
-                        return line
-                if self.proc.poll() is not None and not any(t.is_alive() for t in self._threads):
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._changed.wait(min(remaining, 0.2))
-        raise AssertionError(f"no {name!r} log line in {timeout}s:\n{self.output()}")
-
-    def ready(self, timeout: float = 60.0) -> str:
-        """Wait for the worker to be ready; return the base URL of its HTTP API."""
-        return self.wait_for("worker ready", timeout)["http"]
-
-    def send(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = 60.0) -> int:
-        self.send(signum)
-        return self.wait(timeout)
-
-    def wait(self, timeout: float = 60.0) -> int:
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"worker did not exit in {timeout}s:\n{self.output()}") from None
-        for thread in self._threads:
-            thread.join(5)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def output(self) -> str:
-        tail = "\n".join(self.raw[-60:])
-        errors = "\n".join(self.stderr[-30:])
-        return f"--- stdout (last lines) ---\n{tail}\n--- stderr ---\n{errors}"
+    wait_for = HeadraceWorker.wait_for_log
 
 
 @pytest.fixture
