@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from headrace.connectors.base import Source
+from headrace.connectors.base import Source, SourceContext
 from headrace.connectors.dead_letters import (
     DeadLetter,
     DeadLetterSink,
@@ -67,6 +67,7 @@ __all__ = [
     "ResultStore",
     "Sink",
     "Source",
+    "SourceContext",
     "StoreSink",
     "json_serializer",
 ]

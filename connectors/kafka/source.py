@@ -42,7 +42,7 @@ from headrace.connectors.kafka.offsets import OffsetTracker, PartitionOffsets
 from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER, ErrorLog
 
 if TYPE_CHECKING:
-    from headrace.engine.runtime import Runtime
+    from headrace.connectors.base import SourceContext
 
 log = structlog.get_logger("headrace.kafka")
 
@@ -183,7 +183,7 @@ class KafkaSource:
         self._cooperative = "cooperative" in strategy
         self.tracker = OffsetTracker()
         self._routes: dict[str, _Route] = {}
-        self._runtime: Runtime | None = None
+        self._runtime: SourceContext | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -209,7 +209,7 @@ class KafkaSource:
         self.commits = Commits(self.tracker, commit_interval, TopicPartition, self.stats)
 
     # -- wiring ------------------------------------------------------------------------
-    def _select(self, runtime: Runtime) -> dict[str, list[AccumulatorRunner]]:
+    def _select(self, runtime: SourceContext) -> dict[str, list[AccumulatorRunner]]:
         kinds = (AccumulatorKind.STREAM, AccumulatorKind.BATCH)
         if self._names is None:
             names = [  # an accumulator that names another consumer group is not ours
@@ -238,7 +238,7 @@ class KafkaSource:
             topics.setdefault(runner.spec.topic, []).append(runner)  # type: ignore[arg-type]
         return topics
 
-    async def start(self, runtime: Runtime) -> None:
+    async def start(self, runtime: SourceContext) -> None:
         """Subscribe to the topics of the accumulators and start fetching."""
         self._runtime = runtime
         self._loop = asyncio.get_running_loop()
