@@ -20,20 +20,16 @@ from hypothesis import strategies as st
 from headrace.accumulators import Channel, Envelope
 from headrace.reactors import KeyedReactorLoop
 from headrace.reactors.declaration import make_reactor_spec
+from tests.property.reactor_harness import OPERATIONS, Interleaving
 
 ACCUMULATORS = ("a", "b", "c")
 KEYS = ("k1", "k2", "k3", "k4")
 
 deliver = st.tuples(st.just("deliver"), st.sampled_from(ACCUMULATORS), st.sampled_from(KEYS))
-release = st.tuples(st.just("release"), st.integers(1, 3), st.none())
-yield_ = st.tuples(st.just("yield"), st.integers(1, 4), st.none())
-settle = st.tuples(st.just("release+yield"), st.integers(1, 3), st.none())
-pause = st.just(("pause", 0, None))
-resume = st.just(("resume", 0, None))
-
 interleavings = st.lists(
-    st.one_of(deliver, deliver, deliver, release, yield_, settle, pause, resume), max_size=50
-)
+    st.one_of(deliver, deliver, deliver, *(op.map(lambda s: (*s, None)) for op in OPERATIONS)),
+    max_size=50,
+)  # the shared operations get an empty key slot
 concurrency = st.integers(1, 4)
 accumulator_counts = st.integers(1, len(ACCUMULATORS))
 
@@ -81,8 +77,7 @@ async def _drive(ops, mode, strategy, accumulators, max_concurrency, max_keys) -
         max_keys=max_keys,
     )
     channels = {name: Channel(name, 64) for name in accumulators}
-    permits = asyncio.Semaphore(0)
-    gated = True
+    drive = Interleaving()
     running: Counter = Counter()
 
     async def handler(fire):
@@ -93,20 +88,17 @@ async def _drive(ops, mode, strategy, accumulators, max_concurrency, max_keys) -
             (fire.key, dict(fire.inputs), [(e.accumulator, e.value) for e in fire.envelopes])
         )
         try:
-            if gated:
-                await permits.acquire()
-            await asyncio.sleep(0)
+            await drive.gate()
         finally:
             running[fire.key] -= 1
 
     loop = KeyedReactorLoop(spec, channels, handler)
     loop.start()
     counters = dict.fromkeys(accumulators, 0)
-    paused_at = 0
     for op, arg, key in ops:
-        if op == "deliver":
-            if arg not in channels:
-                continue
+        if op != "deliver":
+            await drive.step(loop, op, arg)
+        elif arg in channels:
             counters[arg] += 1
             value = counters[arg]
             ident = (arg, value)
@@ -114,32 +106,9 @@ async def _drive(ops, mode, strategy, accumulators, max_concurrency, max_keys) -
                 Envelope(arg, value, (lambda i=ident: out.settled.update([i]),), key=key)
             )
             out.delivered.append((arg, key, value))
-        elif op == "release":
-            for _ in range(arg):
-                permits.release()
-        elif op == "yield":
-            for _ in range(arg):
-                await asyncio.sleep(0)
-        elif op == "release+yield":
-            for _ in range(arg):
-                permits.release()
-                await asyncio.sleep(0)
-                await asyncio.sleep(0)
-        elif op == "pause" and not loop.paused:
-            loop.pause()
-            paused_at = loop.fire_count
-        elif op == "resume" and loop.paused:
-            out.fires_created_while_paused += loop.fire_count - paused_at
-            loop.resume()
-    if loop.paused:
-        out.fires_created_while_paused += loop.fire_count - paused_at
-        loop.resume()
-    gated = False
-    for _ in range(max_concurrency):  # at most that many fires wait at the gate
-        permits.release()
-    async with asyncio.timeout(10):
-        while loop.busy:
-            await asyncio.sleep(0)
+    # at most max_concurrency fires wait at the gate
+    await drive.quiesce(loop, waiting=max_concurrency)
+    out.fires_created_while_paused = drive.fires_created_while_paused
     out.owed_at_end = loop.per_key.owed()
     out.unfired = {(e.accumulator, e.value) for e in loop.per_key.unfired()}
     for channel in channels.values():

@@ -19,15 +19,11 @@ from hypothesis import strategies as st
 from headrace.accumulators import Channel, Envelope
 from headrace.reactors import FiringPolicy, ReactorLoop
 from headrace.reactors.declaration import make_reactor_spec
+from tests.property.reactor_harness import Interleaving, pause, release, resume, settle, yield_
 
 ACCUMULATORS = ("a", "b", "c")
 
 deliver = st.tuples(st.just("deliver"), st.sampled_from(ACCUMULATORS))
-release = st.tuples(st.just("release"), st.integers(1, 3))  # let gated fires finish
-yield_ = st.tuples(st.just("yield"), st.integers(1, 4))  # let the reactor run
-settle = st.tuples(st.just("release+yield"), st.integers(1, 3))
-pause = st.just(("pause", 0))
-resume = st.just(("resume", 0))
 
 without_pauses = st.lists(st.one_of(deliver, deliver, release, yield_, settle), max_size=40)
 
@@ -91,8 +87,7 @@ async def _drive(ops, mode, strategy, accumulators) -> Outcome:
     spec = make_reactor_spec("rx", accumulators, mode, strategy)
     # big enough for every delivery of an example: backpressure is tested elsewhere
     channels = {name: Channel(name, 64) for name in accumulators}
-    permits = asyncio.Semaphore(0)
-    gated = True
+    drive = Interleaving()
     running = 0
 
     async def handler(fire):
@@ -102,20 +97,17 @@ async def _drive(ops, mode, strategy, accumulators) -> Outcome:
         out.fires.append(dict(fire.inputs))
         out.consumed.append([(e.accumulator, e.value) for e in fire.envelopes])
         try:
-            if gated:
-                await permits.acquire()
-            await asyncio.sleep(0)
+            await drive.gate()
         finally:
             running -= 1
 
     loop = ReactorLoop(spec, channels, handler)
     loop.start()
     counters = dict.fromkeys(accumulators, 0)
-    paused_at: int | None = None
     for op, arg in ops:
-        if op == "deliver":
-            if arg not in channels:
-                continue
+        if op != "deliver":
+            await drive.step(loop, op, arg)
+        elif arg in channels:
             counters[arg] += 1
             value = counters[arg]
             key = (arg, value)
@@ -123,32 +115,8 @@ async def _drive(ops, mode, strategy, accumulators) -> Outcome:
                 Envelope(arg, value, acks=(lambda key=key: out.settled.update([key]),))
             )
             out.delivered.append(key)
-        elif op == "release":
-            for _ in range(arg):
-                permits.release()
-        elif op == "yield":
-            for _ in range(arg):
-                await asyncio.sleep(0)
-        elif op == "release+yield":
-            for _ in range(arg):
-                permits.release()
-                await asyncio.sleep(0)
-                await asyncio.sleep(0)
-        elif op == "pause" and not loop.paused:
-            loop.pause()
-            paused_at = loop.fire_count
-        elif op == "resume" and loop.paused:
-            out.fires_created_while_paused += loop.fire_count - paused_at
-            loop.resume()
-    # the inputs go quiet: let every fire through
-    if loop.paused:
-        out.fires_created_while_paused += loop.fire_count - paused_at
-        loop.resume()
-    gated = False
-    permits.release()  # at most one fire waits at the gate
-    async with asyncio.timeout(10):
-        while loop.busy:
-            await asyncio.sleep(0)
+    await drive.quiesce(loop, waiting=1)  # the inputs go quiet: let every fire through
+    out.fires_created_while_paused = drive.fires_created_while_paused
     out.ready_at_end = loop.policy.ready()
     out.unfired = [(e.accumulator, e.value) for e in loop.policy.unfired()]
     await loop.stop()
