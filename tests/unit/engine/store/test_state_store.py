@@ -122,6 +122,27 @@ def test_executions_are_queued_then_written_in_a_batch(store: StateStore) -> Non
     assert store.health()["written_executions"] == 3
 
 
+def test_a_flush_writes_every_failure_and_the_newest_successes_of_each_graph(url: str) -> None:
+    with StateStore(url, flush_interval=3600, successes_per_flush=3) as sampled:
+        for fire in range(1, 11):
+            sampled.on_execution(record("g", fire, status="failed" if fire in (2, 9) else "ok"))
+        sampled.on_execution(record("other", 1))
+        sampled.flush()
+        rows = sampled.executions(limit=100)
+        assert [(r["graph"], r["fire"], r["status"]) for r in rows] == [
+            ("other", 1, "ok"),
+            ("g", 10, "ok"),
+            ("g", 9, "failed"),
+            ("g", 8, "ok"),
+            ("g", 7, "ok"),
+            ("g", 2, "failed"),
+        ]
+        health = sampled.health()
+        assert health["unsampled_executions"] == 5
+        assert health["written_executions"] == 6
+        assert health["status"] == "ok"  # sampling is not a loss: metrics count every one
+
+
 def test_background_writer_flushes_on_its_interval(url: str) -> None:
     with StateStore(url, flush_interval=0.01) as fast:
         fast.on_execution(record())
