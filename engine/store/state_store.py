@@ -34,7 +34,7 @@ from sqlalchemy.pool import StaticPool
 from headrace.accumulators import AccumulatorKind, get_accumulator
 from headrace.accumulators.limits import DEFAULT_LIMITS, ValueLimits, depth_problem, size_problem
 from headrace.connectors.dead_letters import DeadLetter
-from headrace.engine.observers import ExecutionRecord
+from headrace.engine.observers import ExecutionBatch, ExecutionRecord
 
 if TYPE_CHECKING:
     from headrace.engine.runtime import Runtime
@@ -380,6 +380,22 @@ class StateStore:
             if len(self._executions) == self._executions.maxlen:
                 self.dropped_executions += 1
             self._executions.append(record)
+
+    def on_executions(self, batch: ExecutionBatch) -> None:
+        """Queue the newest ``successes_per_flush`` of a batch; count the rest as unsampled
+        (a flush would leave them out anyway)."""
+        cap = self.successes_per_flush
+        skipped = max(0, len(batch.fires) - cap)
+        kept = [
+            ExecutionRecord(batch.graph, batch.reactor, fire, batch.started_at, duration, "ok", 1)
+            for fire, duration in zip(batch.fires[skipped:], batch.durations[skipped:], strict=True)
+        ]
+        with self._lock:
+            self.unsampled_executions += skipped
+            for record in kept:
+                if len(self._executions) == self._executions.maxlen:
+                    self.dropped_executions += 1
+                self._executions.append(record)
 
     def on_delivered(self, accumulator: str, value: Any) -> None:
         if self._restoring or not self._keeps(accumulator):
