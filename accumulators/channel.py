@@ -123,6 +123,30 @@ class Channel:
             listener()
         return envelope
 
+    def take_many(self, limit: int) -> list[Envelope]:
+        """Take up to ``limit`` envelopes, oldest first; listeners are told once."""
+        items = self._items
+        count = min(limit, len(items))
+        if count == len(items):
+            taken = list(items)
+            items.clear()
+        else:
+            popleft = items.popleft
+            taken = [popleft() for _ in range(count)]
+        if taken:
+            self._space.set()
+            for listener in self._space_listeners:
+                listener()
+        return taken
+
+    def put_back(self, envelopes: list[Envelope]) -> None:
+        """Return taken envelopes to the front, in their order (a reactor paused mid-batch)."""
+        if not envelopes:
+            return
+        self._items.extendleft(reversed(envelopes))
+        if len(self._items) >= self.maxsize:
+            self._space.clear()
+
     def add_space_listener(self, listener: Callable[[], None]) -> None:
         self._space_listeners.append(listener)
 

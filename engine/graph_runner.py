@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
@@ -27,7 +27,7 @@ from headrace.connectors.dead_letters import (
 from headrace.connectors.sinks import Sink
 from headrace.engine.errors import GraphHalted, NodeExecutionError, SinkFailed
 from headrace.engine.graph.builder import ComputationGraph, OnError
-from headrace.engine.observers import ExecutionRecord, Observers
+from headrace.engine.observers import ExecutionBatch, ExecutionRecord, Observers
 from headrace.reactors import Fire
 
 log = structlog.get_logger("headrace.graphs")
@@ -80,30 +80,83 @@ class GraphRunner:
             outputs = executor.run_sync(fire.inputs, fire.key)
         if outputs:
             for sink in self.sinks:
-                submit = getattr(sink, "submit", None) if self._defer else None
-                if submit is not None:
-                    # Hand the outputs over and let the fire settle once they are durable,
-                    # so the reactor can fire again while they are in flight.
-                    release = fire.hold()
-                    try:
-                        accepted = submit(
-                            self.name, outputs, partial(self._durable, fire, sink, outputs, release)
+                if not self._submit(fire, sink, outputs):
+                    await self._send(sink, outputs)
+
+    def _submit(self, fire: Fire, sink: Sink, outputs: dict[str, Any]) -> bool:
+        """Hand the outputs to a sink that takes them without waiting (``submit``); the
+        fire settles once they are durable, so the reactor can fire again while they are in
+        flight. False when the sink cannot (no ``submit``, ``on_error="stop"``, or busy)."""
+        submit = getattr(sink, "submit", None) if self._defer else None
+        if submit is None:
+            return False
+        release = fire.hold()
+        try:
+            accepted = submit(
+                self.name, outputs, partial(self._durable, fire, sink, outputs, release)
+            )
+        except Exception as error:
+            release()
+            if _kind(sink, error) == "fatal":
+                self._sink_fatal(sink, error)
+                raise SinkFailed(f"sink {_sink_name(sink)} failed for good: {error}") from error
+            raise
+        except BaseException:
+            release()
+            raise
+        if not accepted:
+            release()
+        return bool(accepted)
+
+    async def run_many(self, fires: Iterable[Fire]) -> None:
+        """Run a ``sequential`` reactor's fires in order, settling each once its graph is
+        done with it (a submitted result still holds it until durable).
+
+        A sync graph runs in one loop, without a coroutine, clock pair or
+        ``ExecutionRecord`` per fire: its successes reach the observers as one
+        ``ExecutionBatch``. A fire whose first attempt fails continues in ``run`` (retries,
+        dead letters, ``on_error``), as does every fire of an async graph."""
+        executor = self.graph.executor
+        if executor.is_async:
+            for fire in fires:
+                await self.run(fire)
+                fire.settle()
+            return
+        run_sync = executor.run_sync
+        sinks = self.sinks
+        submit = self._submit
+        clock = time.perf_counter
+        numbers: list[int] = []
+        durations: list[float] = []
+        started = time.time()
+        try:
+            for fire in fires:
+                begun = clock()
+                try:
+                    outputs = run_sync(fire.inputs, fire.key)
+                    if outputs:
+                        for sink in sinks:
+                            if not submit(fire, sink, outputs):
+                                await self._send(sink, outputs)
+                except SinkFailed:
+                    raise
+                except Exception as error:
+                    await self.run(fire, first_failure=(error, begun))
+                    fire.settle()
+                    continue
+                numbers.append(fire.number)
+                durations.append(clock() - begun)
+                fire.settle()
+        finally:
+            if numbers:
+                self.executions += len(numbers)
+                self.last_duration = durations[-1]
+                if self.observers.observers:
+                    self.observers.on_executions(
+                        ExecutionBatch(
+                            self.name, self.graph.reactor_name, numbers, started, durations
                         )
-                    except Exception as error:
-                        release()
-                        if _kind(sink, error) == "fatal":
-                            self._sink_fatal(sink, error)
-                            raise SinkFailed(
-                                f"sink {_sink_name(sink)} failed for good: {error}"
-                            ) from error
-                        raise
-                    except BaseException:
-                        release()
-                        raise
-                    if accepted:
-                        continue
-                    release()
-                await self._send(sink, outputs)
+                    )
 
     async def _send(self, sink: Sink, outputs: dict[str, Any]) -> None:
         """Deliver now; a retriable failure is retried here until it works (backpressure)."""
@@ -254,13 +307,19 @@ class GraphRunner:
             return
         self.observers.on_dead_letter(sent)
 
-    async def run(self, fire: Fire) -> None:
+    async def run(self, fire: Fire, first_failure: tuple[Exception, float] | None = None) -> None:
+        """Execute ``fire`` per the retry policy. ``first_failure``: its first attempt
+        already failed with this error, begun at this ``perf_counter`` time (``run_many``)."""
         started, clock = time.time(), time.perf_counter()
         policy = self.graph.retry
         error: Exception | None = None
         attempt = 0
         for attempt in range(1, policy.attempts + 1):
             try:
+                if first_failure is not None:
+                    failed, clock = first_failure
+                    first_failure = None
+                    raise failed
                 await self._attempt(fire)
                 error = None
                 break

@@ -25,10 +25,34 @@ class ExecutionRecord:
     node: str | None = None
 
 
+@dataclass(slots=True)
+class ExecutionBatch:
+    """Successful executions of one graph, one attempt each, reported together.
+
+    Fire numbers ``fires``; ``started_at`` is the first one's start (Unix seconds) and
+    ``durations`` their durations in order. An observer without ``on_executions`` is told
+    about each of them as an ``ExecutionRecord``.
+    """
+
+    graph: str
+    reactor: str
+    fires: list[int]
+    started_at: float
+    durations: list[float]
+
+    def records(self) -> list[ExecutionRecord]:
+        return [
+            ExecutionRecord(self.graph, self.reactor, fire, self.started_at, duration, "ok", 1)
+            for fire, duration in zip(self.fires, self.durations, strict=True)
+        ]
+
+
 class RuntimeObserver(Protocol):
     """Everything is optional; observers must not raise and must be quick."""
 
     def on_execution(self, record: ExecutionRecord) -> None: ...
+
+    def on_executions(self, batch: ExecutionBatch) -> None: ...
 
     def on_dead_letter(self, letter: DeadLetter) -> None: ...
 
@@ -54,6 +78,26 @@ class Observers:
 
     def on_execution(self, record: ExecutionRecord) -> None:
         self._call("on_execution", record)
+
+    def on_executions(self, batch: ExecutionBatch) -> None:
+        """Report a batch: ``on_executions`` where an observer has it, else ``on_execution``
+        once per execution."""
+        records: list[ExecutionRecord] | None = None
+        for observer in self.observers:
+            if getattr(observer, "on_executions", None) is not None:
+                self._call_one(observer, "on_executions", batch)
+            elif getattr(observer, "on_execution", None) is not None:
+                records = records if records is not None else batch.records()
+                for record in records:
+                    self._call_one(observer, "on_execution", record)
+
+    def _call_one(self, observer: Any, hook: str, *args: Any) -> None:
+        try:
+            getattr(observer, hook)(*args)
+        except Exception:  # an observer must never break processing
+            structlog.get_logger("headrace.runtime").exception(
+                "observer failed", observer=type(observer).__name__, hook=hook
+            )
 
     def on_dead_letter(self, letter: DeadLetter) -> None:
         self._call("on_dead_letter", letter)

@@ -165,6 +165,8 @@ class Runtime:
             self.reactors[reactor.name] = loop_class(
                 reactor, reactor_channels, self._fire_handler(runners)
             )
+            if len(runners) == 1 and not reactor.keyed:  # sequential fires, a batch a wake-up
+                self.reactors[reactor.name].fire_many = runners[0].run_many
         for name, spec in accumulator_specs.items():
             runner = make_runner(spec, channels[name], self.clock)
             runner.on_delivered = self.observers.on_delivered

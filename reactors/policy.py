@@ -35,7 +35,8 @@ class Fire:
         self.holds -= 1
         if self.holds == 0:
             for envelope in self.envelopes:
-                envelope.settle()
+                for ack in envelope.acks:  # Envelope.settle, inlined: once per message
+                    ack()
 
 
 class FiringPolicy:
@@ -48,6 +49,7 @@ class FiringPolicy:
 
     def __init__(self, spec: ReactorSpec) -> None:
         self.spec = spec
+        self._only: str | None = spec.accumulators[0] if len(spec.accumulators) == 1 else None
         self.cache: dict[str, Any] = {}
         self._unfired: dict[str, Envelope] = {}
         self.fires = 0
@@ -89,6 +91,8 @@ class FiringPolicy:
         """Start a ``sequential`` fire for exactly this envelope."""
         self.cache[envelope.accumulator] = envelope.value
         self.fires += 1
+        if self._only is not None:  # one accumulator: the snapshot is this value
+            return Fire(self.fires, {self._only: envelope.value}, [envelope])
         return Fire(self.fires, self.snapshot(), [envelope])
 
     def unfired(self) -> list[Envelope]:

@@ -30,7 +30,10 @@ LIBRDKAFKA_LOGGER = logging.getLogger("headrace.kafka.librdkafka")
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",
     "enable.idempotence": True,
-    "linger.ms": 1,
+    # librdkafka's own default: at 1 ms the sink's broker thread woke for every few
+    # messages and cost ~9 µs of CPU per message (tests/bench/PROFILE.md); 5 ms batches them
+    # and still leaves the p99 well under 10 ms at 5,000 msg/s (`make bench`).
+    "linger.ms": 5,
     "compression.type": "none",
     "logger": LIBRDKAFKA_LOGGER,
 }

@@ -29,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from headrace.connectors.dead_letters import DeadLetter
-from headrace.engine.observers import ExecutionRecord
+from headrace.engine.observers import ExecutionBatch, ExecutionRecord
 
 if TYPE_CHECKING:
     from headrace.engine.runtime import Runtime
@@ -94,6 +94,8 @@ class Metrics:
             ["kind", "source"],
             registry=self.registry,
         )
+        self._counted: dict[tuple[str, str], Any] = {}
+        self._timed: dict[str, Any] = {}
         self.registry.register(_RuntimeCollector(self))
         if runtime is not None:
             self.attach(runtime)
@@ -106,10 +108,33 @@ class Metrics:
 
     # -- observer hooks ------------------------------------------------------------------
     def on_execution(self, record: ExecutionRecord) -> None:
-        self.executions.labels(record.graph, record.status).inc()
-        self.latency.labels(record.graph).observe(record.duration)
-        if record.status != "ok":
+        # Label children resolved once per graph/status (labels() costs a lock and a dict
+        # per call; this runs once per message).
+        graph, status = record.graph, record.status
+        counted = self._counted.get((graph, status))
+        if counted is None:
+            counted = self._counted[(graph, status)] = self.executions.labels(graph, status)
+        timed = self._timed.get(graph)
+        if timed is None:
+            timed = self._timed[graph] = self.latency.labels(graph)
+        counted.inc()
+        timed.observe(record.duration)
+        if status != "ok":
             self.node_errors.labels(record.graph, record.node or "").inc()
+
+    def on_executions(self, batch: ExecutionBatch) -> None:
+        """A batch of successful executions: one counter increment, one observe each."""
+        graph = batch.graph
+        counted = self._counted.get((graph, "ok"))
+        if counted is None:
+            counted = self._counted[(graph, "ok")] = self.executions.labels(graph, "ok")
+        timed = self._timed.get(graph)
+        if timed is None:
+            timed = self._timed[graph] = self.latency.labels(graph)
+        counted.inc(len(batch.durations))
+        observe = timed.observe
+        for duration in batch.durations:
+            observe(duration)
 
     def on_dead_letter(self, letter: DeadLetter) -> None:
         source = letter.accumulator or letter.graph or letter.topic or ""

@@ -14,7 +14,7 @@ from headrace.accumulators import passthrough_accumulator, polling_accumulator, 
 from headrace.accumulators.limits import ValueLimits
 from headrace.connectors import DeadLetter, MemorySink, StoreSink
 from headrace.engine import Runtime
-from headrace.engine.observers import ExecutionRecord
+from headrace.engine.observers import ExecutionBatch, ExecutionRecord
 from headrace.engine.store.state_store import StateStore
 from tests.unit.support import (
     declare_reactor,
@@ -120,6 +120,42 @@ def test_executions_are_queued_then_written_in_a_batch(store: StateStore) -> Non
     assert failed["node"] == "n1"
     assert failed["worker"] == "w1"
     assert store.health()["written_executions"] == 3
+
+
+def test_a_flush_writes_every_failure_and_the_newest_successes_of_each_graph(url: str) -> None:
+    with StateStore(url, flush_interval=3600, successes_per_flush=3) as sampled:
+        for fire in range(1, 11):
+            sampled.on_execution(record("g", fire, status="failed" if fire in (2, 9) else "ok"))
+        sampled.on_execution(record("other", 1))
+        sampled.flush()
+        rows = sampled.executions(limit=100)
+        assert [(r["graph"], r["fire"], r["status"]) for r in rows] == [
+            ("other", 1, "ok"),
+            ("g", 10, "ok"),
+            ("g", 9, "failed"),
+            ("g", 8, "ok"),
+            ("g", 7, "ok"),
+            ("g", 2, "failed"),
+        ]
+        health = sampled.health()
+        assert health["unsampled_executions"] == 5
+        assert health["written_executions"] == 6
+        assert health["status"] == "ok"  # sampling is not a loss: metrics count every one
+
+
+def test_a_batch_of_successes_queues_only_its_newest_sample(url: str) -> None:
+    with StateStore(url, flush_interval=3600, successes_per_flush=2) as sampled:
+        sampled.on_executions(
+            ExecutionBatch("g", "rx", [4, 5, 6, 7], time.time(), [0.1, 0.2, 0.3, 0.4])
+        )
+        assert sampled.health()["queued"] == 2
+        sampled.flush()
+        rows = sampled.executions()
+        assert [(r["fire"], r["duration"], r["status"], r["attempts"]) for r in rows] == [
+            (7, 0.4, "ok", 1),
+            (6, 0.3, "ok", 1),
+        ]
+        assert sampled.health()["unsampled_executions"] == 2
 
 
 def test_background_writer_flushes_on_its_interval(url: str) -> None:
