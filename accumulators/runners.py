@@ -144,8 +144,8 @@ class AccumulatorRunner:
     def offer_nowait(self, event: Any, acks: tuple[Ack, ...] = (), message_key: Any = None) -> None:
         """Transform one event and deliver it now (sync functions only).
 
-        Extension point for keyed values: a source passes the message's raw key as
-        ``message_key`` (the Kafka source will pass ``msg.key()``) for ``key="@message"``.
+        A source passes the message's raw key as ``message_key`` (the Kafka source passes
+        ``msg.key()``) for ``key="@message"``.
         """
         self.deliver_nowait(self.transform(event), acks, message_key)
 
@@ -302,7 +302,8 @@ class BatchRunner(AccumulatorRunner):
             model = self.spec.model.__name__ if self.spec.model else "model"
             raise AccumulatorInputError(self.name, f"does not match {model}: {error}") from error
 
-    def offer_nowait(self, event: Any, acks: tuple[Ack, ...] = ()) -> None:
+    def offer_nowait(self, event: Any, acks: tuple[Ack, ...] = (), message_key: Any = None) -> None:
+        """Buffer one event; ``message_key`` is unused (a batch's value has no message)."""
         self._validated_add(event, acks)
         if len(self._events) >= self.capacity:
             task = asyncio.get_running_loop().create_task(self.flush())
@@ -314,7 +315,7 @@ class BatchRunner(AccumulatorRunner):
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("batch flush failed", accumulator=self.name, error=str(error))
 
-    async def offer(self, event: Any, acks: tuple[Ack, ...] = ()) -> None:
+    async def offer(self, event: Any, acks: tuple[Ack, ...] = (), message_key: Any = None) -> None:
         self._validated_add(event, acks)
         if len(self._events) >= self.capacity:
             await self.flush()

@@ -454,9 +454,9 @@ class KafkaSource:
                     runner = runners[0]
                     try:
                         if route.is_async:
-                            await runner.offer(event, (ack,))
+                            await runner.offer(event, (ack,), msg.key())
                         else:
-                            runner.offer_nowait(event, (ack,))
+                            runner.offer_nowait(event, (ack,), msg.key())
                     except AccumulatorInputError as error:
                         self._dead_letter(route, msg, error.reason, ack, accumulator=runner.name)
                 else:
@@ -473,9 +473,9 @@ class KafkaSource:
         for runner in route.runners:
             try:
                 if runner.spec.kind is AccumulatorKind.STREAM and runner.spec.is_async:
-                    await runner.offer(event, (shared,))
+                    await runner.offer(event, (shared,), msg.key())
                 else:
-                    runner.offer_nowait(event, (shared,))
+                    runner.offer_nowait(event, (shared,), msg.key())
             except AccumulatorInputError as error:
                 self._dead_letter(route, msg, error.reason, shared, accumulator=runner.name)
 
