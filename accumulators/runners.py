@@ -478,6 +478,55 @@ class BatchRunner(AccumulatorRunner):
         }
 
 
+class TableRunner(AccumulatorRunner):
+    """A global (table) accumulator: keeps the latest value per key instead of delivering.
+
+    Fed from every partition of its topic by ``connectors.kafka.global_table``; keyed
+    reactors watching it read ``table[fired key]`` when they fire, it never fires them.
+    A message with a null value removes its key (with ``key="@message"``).
+    """
+
+    def __init__(self, spec: AccumulatorSpec, channels: list[Channel]) -> None:
+        super().__init__(spec, channels)
+        self.table: dict[str, Any] = {}
+
+    def deliver_nowait(
+        self,
+        value: Any,
+        acks: tuple[Ack, ...] = (),
+        message_key: Any = None,
+        partition: int | None = None,
+    ) -> None:
+        if value is None:
+            self.filtered += 1
+        else:
+            key = self._key(value, message_key)
+            assert key is not None  # a global accumulator always has a key (check_scope)
+            self.table[key] = value
+            self.delivered += 1
+            self.last_value = value
+            self.last_delivered_at = time.time()
+        settle(acks)
+
+    async def deliver(
+        self,
+        value: Any,
+        acks: tuple[Ack, ...] = (),
+        message_key: Any = None,
+        partition: int | None = None,
+    ) -> None:
+        self.deliver_nowait(value, acks, message_key, partition)
+
+    def remove(self, message_key: Any) -> None:
+        """A tombstone: forget the entry of the message's key (``key="@message"``)."""
+        if self.spec.key == "@message" and message_key is not None:
+            key = key_of(self.spec.name, self.spec.key, None, message_key)
+            self.table.pop(key, None)
+
+    def health(self) -> dict[str, Any]:
+        return {**super().health(), "scope": "global", "keys": len(self.table)}
+
+
 def make_runner(
     spec: AccumulatorSpec, channels: list[Channel], clock: Clock = SYSTEM_CLOCK
 ) -> AccumulatorRunner:
@@ -486,4 +535,6 @@ def make_runner(
         return PollingRunner(spec, channels, clock)
     if spec.kind is AccumulatorKind.BATCH:
         return BatchRunner(spec, channels, clock)
+    if spec.scope == "global":
+        return TableRunner(spec, channels)
     return AccumulatorRunner(spec, channels)

@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 
 from headrace.accumulators.channel import Channel, Envelope
+from headrace.accumulators.runners import AccumulatorRunner, TableRunner
 from headrace.reactors.declaration import ReactorSpec
 from headrace.reactors.keyed import set_fire_key
 from headrace.reactors.keyed_policy import KeyedPolicy, KeyState
@@ -61,6 +62,13 @@ class KeyedReactorLoop(ReactorLoop):
         self.restores = 0
         self.last_restore_seconds: float | None = None
         self.per_key.on_evict = self._evicted
+        self.tables: dict[str, dict[str, Any]] = {}
+        """Global (table) accumulators: ``{name: {key: latest value}}``."""
+
+    def use_tables(self, tables: dict[str, dict[str, Any]]) -> None:
+        """Look these tables up for each fired key (set before the loop starts)."""
+        self.tables = tables
+        self.per_key.tables = frozenset(tables)
 
     @property
     def fire_count(self) -> int:
@@ -156,6 +164,8 @@ class KeyedReactorLoop(ReactorLoop):
 
     async def _run_fire(self, fire: Fire) -> None:
         set_fire_key(fire.key)  # this task's own context: graphs and sinks read the key
+        for name, table in self.tables.items():
+            fire.inputs[name] = table.get(fire.key) if fire.key is not None else None
         try:
             await self._fire(fire)
         except Exception:
@@ -297,3 +307,32 @@ class KeyedReactorLoop(ReactorLoop):
             "restored_keys": self.restored_keys,
             "last_restore_seconds": self.last_restore_seconds,
         }
+
+
+def attach_tables(
+    reactors: dict[str, ReactorLoop], accumulators: dict[str, AccumulatorRunner]
+) -> None:
+    """Give each keyed reactor the tables of the global accumulators it watches.
+
+    Raises ``ValueError`` naming the reactor when an unkeyed reactor watches a table, or
+    when a reactor watches nothing but tables (a table never fires).
+    """
+    for name, loop in reactors.items():
+        tables = {
+            accumulator: runner.table
+            for accumulator in loop.spec.accumulators
+            if isinstance(runner := accumulators.get(accumulator), TableRunner)
+        }
+        if not tables:
+            continue
+        if not isinstance(loop, KeyedReactorLoop):
+            raise ValueError(
+                f"reactor {name!r} watches global (table) accumulators {sorted(tables)}: only "
+                "keyed reactors (keyed=True) look a table up, by the fired key"
+            )
+        if len(tables) == len(loop.spec.accumulators):
+            raise ValueError(
+                f"reactor {name!r} watches only global (table) accumulators {sorted(tables)}: "
+                "a table never fires; add a stream accumulator to fire on"
+            )
+        loop.use_tables(tables)

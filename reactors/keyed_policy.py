@@ -53,8 +53,15 @@ class KeyedPolicy:
         self.queued = 0  # sequential envelopes waiting in key queues
         self.evictions: Counter[str] = Counter()  # reason -> count
         self.evicted: list[tuple[str, str]] = []  # (key, reason) not logged yet
+        self.tables: frozenset[str] = frozenset()
+        """Global (table) accumulators: looked up at fire time, never awaited by when_all."""
         self.on_evict: Callable[[str, KeyState], None] | None = None
         """Told about each evicted key before it is forgotten (the changelog's tombstone)."""
+
+    def _policy(self) -> FiringPolicy:
+        policy = FiringPolicy(self.spec)
+        policy.required -= len(self.tables)
+        return policy
 
     # -- admission and eviction --------------------------------------------------------
     def admits(self, key: str) -> bool:
@@ -108,7 +115,7 @@ class KeyedPolicy:
         now = self.clock()
         state = self.keys.get(key)
         if state is None:
-            state = self.keys[key] = KeyState(FiringPolicy(self.spec), now)
+            state = self.keys[key] = KeyState(self._policy(), now)
         else:
             state.last_active = now
             self.idle.pop(key, None)
@@ -174,7 +181,7 @@ class KeyedPolicy:
         if key in self.keys:
             return
         now = self.clock()
-        state = KeyState(FiringPolicy(self.spec), now, partition=partition)
+        state = KeyState(self._policy(), now, partition=partition)
         for accumulator, (value, dirty) in values.items():
             if accumulator not in self.spec.accumulators:
                 continue  # the reactor no longer watches it

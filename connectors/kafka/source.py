@@ -38,6 +38,7 @@ from headrace.connectors.kafka.flow import (
     labels,
     released_on_assign,
 )
+from headrace.connectors.kafka.global_table import GlobalTables, split_tables
 from headrace.connectors.kafka.keyed_changelogs import KeyedChangelogs, client_settings
 from headrace.connectors.kafka.offsets import OffsetTracker, PartitionOffsets
 from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER, ErrorLog
@@ -190,6 +191,8 @@ class KafkaSource:
             client_config=client_settings(self.config),
         )
         """The changelogs of the keyed reactors fed here (durable per-key state)."""
+        self.tables = GlobalTables(bootstrap_servers, client_settings(self.config))
+        """The global (table) accumulators of this source, read outside the group."""
         self.tracker = OffsetTracker()
         self._routes: dict[str, _Route] = {}
         self._runtime: Runtime | None = None
@@ -252,7 +255,8 @@ class KafkaSource:
         self._runtime = runtime
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        topics = self._select(runtime)
+        topics, tables = split_tables(self._select(runtime))
+        await self.tables.start(runtime, tables)
         self.accumulators = frozenset(r.name for rs in topics.values() for r in rs)
         self._routes = {
             topic: _Route(topic, runners, self.max_batch_events, self.dead_letter_budget)
@@ -843,7 +847,9 @@ class KafkaSource:
         self._stopping = True
         if self._dead_letter_tasks:
             await asyncio.gather(*list(self._dead_letter_tasks), return_exceptions=True)
+        await self.tables.stop()
         if self._executor is None:
+            await self.changelogs.close()
             return
         try:
             try:
