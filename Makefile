@@ -59,8 +59,13 @@ bench: install
 bench-peers: install
 	$(BIN)/python -m tests.bench.peers $(BENCH_ARGS)
 
+# Keyed latest, 1,000 keys, async graph awaiting 5 ms: max_concurrency 16 vs 1; then the
+# restore of 100,000 keys from a changelog topic (starts a local broker unless
+# KAFKA_BOOTSTRAP_SERVERS is set).
 bench-keyed: install
 	$(BIN)/python -m tests.bench.keyed
+	$(BIN)/python -m tests.bench.keyed_restore
+	$(BIN)/python -m tests.bench.keyed_restore --partitions 4
 
 kafka-up: install
 	bash docker/local-kafka/kafka-local.sh fetch
