@@ -40,7 +40,8 @@ test-fast: install
 # short one). HEADRACE_SOAK_SEED=N replays a run's chaos plan; the figures are printed.
 .PHONY: soak
 soak: install
-	HEADRACE_SOAK=long $(BIN)/pytest -q -s -p no:cacheprovider tests/integration/test_chaos_soak.py
+	HEADRACE_SOAK=long $(BIN)/pytest -q -s -p no:cacheprovider tests/integration/test_chaos_soak.py \
+		tests/integration/test_kafka_keyed_changelog.py
 
 lint: install
 	$(BIN)/ruff check .

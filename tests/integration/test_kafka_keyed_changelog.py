@@ -4,6 +4,7 @@ partitions (``headrace run examples/keyed_price_signal.toml`` subprocesses)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 import uuid
@@ -60,14 +61,24 @@ def restored_keys(worker: WorkerProcess, reactor: str) -> int:
     return sum(e["keys"] for e in worker.events("keyed state restored") if e["reactor"] == reactor)
 
 
+ROUNDS = {"short": 1, "long": 6}
+SIZE = os.environ.get("HEADRACE_SOAK", "short").strip().lower() or "short"
+if SIZE not in ROUNDS:
+    raise pytest.UsageError(f"HEADRACE_SOAK must be one of {', '.join(ROUNDS)}, got {SIZE!r}")
+SYMBOLS = ["BTC", "ETH", "SOL", "ADA", "XRP", "DOT"]
+
+
 def test_kill_9_the_worker_holding_keyed_state_and_the_next_one_restores_it(
     kafka_bootstrap: str, tmp_path: Path, workers: Callable[..., WorkerProcess]
 ) -> None:
-    """Worker A takes books of three symbols; deviation_alert (when_all) holds them waiting
-    for reference prices. A's commits still reach the end of the books topic (each waiting
-    book is in the changelog). A is killed with SIGKILL; worker B takes over, restores the
-    three keys from the changelog (it never reads the books again: they are committed), and
-    the first fire of each symbol after the takeover joins the book from before the kill."""
+    """Each round: the running worker takes one book per symbol; deviation_alert
+    (when_all) holds them waiting for reference prices, yet its commits reach the end of
+    the books topic (each waiting book is in the changelog). It is killed with SIGKILL,
+    the references are produced, and a new worker takes over: it restores every symbol from
+    the changelog before it reads a reference (it never reads the books again: they are
+    committed), so each symbol's first fire joins the book from before the kill (the
+    round's book and reference agree exactly: deviation 0 only with that very book).
+    HEADRACE_SOAK=long runs 6 rounds (6 kills)."""
     topics = {
         name: create_topic(kafka_bootstrap, unique_topic(name), partitions=2)
         for name in ("books", "refs", "signals", "alerts")
@@ -87,50 +98,42 @@ def test_kill_9_the_worker_holding_keyed_state_and_the_next_one_restores_it(
             "PRICE_ALERT_TOPIC": topics["alerts"],
         }
 
-    first = workers([config], env("a"), REPO)
-    first.ready()
-    books = [
-        {"symbol": "BTC", "best_bid": 100.0, "best_ask": 100.2},
-        {"symbol": "ETH", "best_bid": 52.0, "best_ask": 52.1},
-        {"symbol": "SOL", "best_bid": 20.0, "best_ask": 20.02},
-    ]
-    produce_json(kafka_bootstrap, topics["books"], books, key=lambda book: book["symbol"])
-    assert len(consume_all(kafka_bootstrap, topics["signals"], 3, timeout=60)) == 3
-    books_end = end_offsets(kafka_bootstrap, topics["books"])
-    wait_until(
-        lambda: committed_offsets(kafka_bootstrap, group, topics["books"]) == books_end,
-        60,
-        f"the books' commits to reach {books_end} while every alert key waits",
-    )
-    assert "changelog topic created" in {e["event"] for e in first.lines}
-    first.kill()  # SIGKILL: nothing is drained, nothing more is committed
-    # the references are there before B starts: B must restore a partition's keys before
-    # it takes the partition's first reference, or the join would miss the book
-    refs = [
-        {"symbol": "ETH", "price": 50.0},
-        {"symbol": "BTC", "price": 100.1},
-        {"symbol": "SOL", "price": 20.01},
-    ]
-    produce_json(kafka_bootstrap, topics["refs"], refs, key=lambda ref: ref["symbol"])
+    by_symbol = lambda event: event["symbol"]  # noqa: E731
+    worker = workers([config], env("w0"), REPO)
+    worker.ready()
+    rounds = ROUNDS[SIZE]
+    for round_ in range(1, rounds + 1):
+        mid = 100.0 + round_
+        books = [{"symbol": s, "best_bid": mid - 0.1, "best_ask": mid + 0.1} for s in SYMBOLS]
+        produce_json(kafka_bootstrap, topics["books"], books, key=by_symbol)
+        signals = consume_all(kafka_bootstrap, topics["signals"], len(SYMBOLS) * round_, 60)
+        assert len(signals) >= len(SYMBOLS) * round_
+        books_end = end_offsets(kafka_bootstrap, topics["books"])
+        wait_until(
+            lambda end=books_end: committed_offsets(kafka_bootstrap, group, topics["books"]) == end,
+            60,
+            f"round {round_}: the books' commits to reach {books_end} while every key waits",
+        )
+        worker.kill()  # SIGKILL: nothing is drained, nothing more is committed
+        refs = [{"symbol": s, "price": mid} for s in SYMBOLS]
+        produce_json(kafka_bootstrap, topics["refs"], refs, key=by_symbol)
 
-    second = workers([config], env("b"), REPO)
-    base = second.ready()
-    wait_until(
-        lambda: restored_keys(second, ALERT_REACTOR) == 3,
-        90,
-        "the takeover worker to restore the three alert keys",
-    )
-    alert_health = http_get(base, "/v1/health/graphs/deviation_alert").json()
-    assert alert_health["keys"] == 3 and alert_health["restored_keys"] == 3, alert_health
-    alerts = consume_all(kafka_bootstrap, topics["alerts"], 3, timeout=60)
-    verdicts = {key.decode(): json.loads(value) for key, value, _, _ in alerts}
-    assert set(verdicts) == {"BTC", "ETH", "SOL"}
-    assert verdicts["ETH"]["alert"]["level"] == "ALERT"
-    assert verdicts["ETH"]["alert"]["deviation_bps"] == pytest.approx(410.0), "the book from before"
-    assert verdicts["BTC"]["ok"]["deviation_bps"] == pytest.approx(0.0)
-    assert verdicts["SOL"]["ok"]["deviation_bps"] == pytest.approx(0.0)
-    accumulators = http_get(base, "/v1/health/accumulators").json()
-    assert accumulators["symbol_books"]["events_in"] == 0, "books came from the changelog"
-    metrics = http_get(base, "/metrics").text
-    assert f'headrace_reactor_restored_keys_total{{reactor="{ALERT_REACTOR}"}} 3.0' in metrics
-    assert second.stop(signal.SIGTERM) == 0, second.output()
+        worker = workers([config], env(f"w{round_}"), REPO)
+        base = worker.ready()
+        wait_until(
+            lambda now=worker: restored_keys(now, ALERT_REACTOR) == len(SYMBOLS),
+            90,
+            f"round {round_}: the takeover worker to restore every alert key",
+        )
+        alerts = consume_all(kafka_bootstrap, topics["alerts"], len(SYMBOLS) * round_, 60)
+        verdicts = {key.decode(): json.loads(value) for key, value, _, _ in alerts[-len(SYMBOLS) :]}
+        assert set(verdicts) == set(SYMBOLS), f"round {round_}: {sorted(verdicts)}"
+        for symbol, verdict in verdicts.items():
+            assert verdict["ok"]["deviation_bps"] == pytest.approx(0.0), (round_, symbol, verdict)
+        accumulators = http_get(base, "/v1/health/accumulators").json()
+        assert accumulators["symbol_books"]["events_in"] == 0, "books came from the changelog"
+        metrics = http_get(base, "/metrics").text
+        restored = f'headrace_reactor_restored_keys_total{{reactor="{ALERT_REACTOR}"}}'
+        assert f"{restored} {float(len(SYMBOLS))}" in metrics
+    print(f"\nkeyed changelog ({SIZE}): {rounds} SIGKILL takeovers, {len(SYMBOLS)} keys each")
+    assert worker.stop(signal.SIGTERM) == 0, worker.output()
