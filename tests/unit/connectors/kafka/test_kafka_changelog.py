@@ -169,3 +169,18 @@ def test_co_partitioning_is_checked_with_the_topics_and_their_counts() -> None:
         check_co_partitioned("rx", {"books": 3, "refs": 2})
     with pytest.raises(CoPartitionError, match=r"input topics \['refs'\] do not exist"):
         check_co_partitioned("rx", {"books": 3, "refs": None})
+
+
+def test_a_multi_topic_keyed_group_switches_to_the_range_assignor_or_refuses_another() -> None:
+    from headrace.connectors.kafka.source import KafkaSource
+
+    source = KafkaSource("127.0.0.1:9", "g")
+    assert source.config["partition.assignment.strategy"] == "cooperative-sticky"
+    source._use_range_assignor()
+    assert source.config["partition.assignment.strategy"] == "range"
+    assert source._cooperative is False
+    chosen = KafkaSource(
+        "127.0.0.1:9", "g2", consumer_config={"partition.assignment.strategy": "roundrobin"}
+    )
+    with pytest.raises(ValueError, match=r"group 'g2'.*needs partition.assignment.strategy=range"):
+        chosen._use_range_assignor()
