@@ -40,7 +40,8 @@ test-fast: install
 # short one). HEADRACE_SOAK_SEED=N replays a run's chaos plan; the figures are printed.
 .PHONY: soak
 soak: install
-	HEADRACE_SOAK=long $(BIN)/pytest -q -s -p no:cacheprovider tests/integration/test_chaos_soak.py
+	HEADRACE_SOAK=long $(BIN)/pytest -q -s -p no:cacheprovider tests/integration/test_chaos_soak.py \
+		tests/integration/test_kafka_keyed_changelog.py
 
 lint: install
 	$(BIN)/ruff check .
@@ -59,8 +60,13 @@ bench: install
 bench-peers: install
 	$(BIN)/python -m tests.bench.peers $(BENCH_ARGS)
 
+# Keyed latest, 1,000 keys, async graph awaiting 5 ms: max_concurrency 16 vs 1; then the
+# restore of 100,000 keys from a changelog topic (starts a local broker unless
+# KAFKA_BOOTSTRAP_SERVERS is set).
 bench-keyed: install
 	$(BIN)/python -m tests.bench.keyed
+	$(BIN)/python -m tests.bench.keyed_restore
+	$(BIN)/python -m tests.bench.keyed_restore --partitions 4
 
 kafka-up: install
 	bash docker/local-kafka/kafka-local.sh fetch

@@ -46,9 +46,25 @@ class Envelope:
     seq: int = field(default_factory=_delivery_order.__next__)
     key: str | None = None
     """The value's key when its accumulator has ``key=`` (keyed reactors group by it)."""
+    partition: int | None = None
+    """The input partition of the message that carried it (Kafka), for keyed changelogs."""
 
     def settle(self) -> None:
         settle(self.acks)
+
+
+class OnceAck:
+    """Settles its acks on the first call only (a value acked early, then fired)."""
+
+    __slots__ = ("_acks",)
+
+    def __init__(self, acks: tuple[Ack, ...]) -> None:
+        self._acks: tuple[Ack, ...] | None = acks
+
+    def __call__(self) -> None:
+        acks, self._acks = self._acks, None
+        if acks is not None:
+            settle(acks)
 
 
 class ChannelClosedError(RuntimeError):

@@ -64,10 +64,14 @@ def stream_accumulator(
     channel_size: int = DEFAULT_CHANNEL_SIZE,
     strict: bool = False,
     key: KeySetting | None = None,
+    scope: str = "group",
 ) -> Callable[[F], F]:
     """One Kafka topic; each decoded message goes through the function (``None`` drops it).
 
-    ``strict=True`` validates the model in pydantic strict mode (default: lax coercion)."""
+    ``strict=True`` validates the model in pydantic strict mode (default: lax coercion).
+    ``scope="global"`` (with ``key``) reads every partition on every worker into a table
+    of the latest value per key, outside the consumer group: keyed reactors watching it
+    see the fired key's entry (like a Kafka Streams GlobalKTable); it never fires."""
     return _declare(
         AccumulatorKind.STREAM,
         topic=topic,
@@ -77,6 +81,7 @@ def stream_accumulator(
         channel_size=channel_size,
         strict=strict,
         key=key,
+        scope=scope,
     )
 
 

@@ -86,7 +86,11 @@ class AccumulatorRunner:
             raise
 
     def _envelopes(
-        self, value: Any, acks: tuple[Ack, ...], key: str | None = None
+        self,
+        value: Any,
+        acks: tuple[Ack, ...],
+        key: str | None = None,
+        partition: int | None = None,
     ) -> list[tuple[Channel, Envelope]]:
         self.delivered += 1
         self.last_value = value
@@ -95,16 +99,24 @@ class AccumulatorRunner:
             self.on_delivered(self.name, value)
         if len(self.channels) > 1 and acks:
             acks = (SharedAck(acks, len(self.channels)),)
-        return [(channel, Envelope(self.name, value, acks, key=key)) for channel in self.channels]
+        return [
+            (channel, Envelope(self.name, value, acks, key=key, partition=partition))
+            for channel in self.channels
+        ]
 
     def deliver_nowait(
-        self, value: Any, acks: tuple[Ack, ...] = (), message_key: Any = None
+        self,
+        value: Any,
+        acks: tuple[Ack, ...] = (),
+        message_key: Any = None,
+        partition: int | None = None,
     ) -> None:
         """Deliver without waiting; callers check ``has_space`` first.
 
         ``message_key`` is the raw key of the message that carried the value, for
-        ``key="@message"``. A value whose key cannot be taken raises ``AccumulatorInputError``
-        before anything is delivered (its acks are the caller's, to dead-letter).
+        ``key="@message"``; ``partition`` its input partition (keyed changelogs). A value
+        whose key cannot be taken raises ``AccumulatorInputError`` before anything is
+        delivered (its acks are the caller's, to dead-letter).
         """
         if value is None:
             self.filtered += 1
@@ -118,16 +130,22 @@ class AccumulatorRunner:
             self.last_delivered_at = time.time()
             if self.on_delivered is not None:
                 self.on_delivered(self.name, value)
-            channels[0].put_nowait(Envelope(self.spec.name, value, acks, key=key))
+            channels[0].put_nowait(
+                Envelope(self.spec.name, value, acks, key=key, partition=partition)
+            )
             return
         if not channels:
             settle(acks)
             return
-        for channel, envelope in self._envelopes(value, acks, key):
+        for channel, envelope in self._envelopes(value, acks, key, partition):
             channel.put_nowait(envelope)
 
     async def deliver(
-        self, value: Any, acks: tuple[Ack, ...] = (), message_key: Any = None
+        self,
+        value: Any,
+        acks: tuple[Ack, ...] = (),
+        message_key: Any = None,
+        partition: int | None = None,
     ) -> None:
         """Deliver, waiting while a channel is full (backpressure)."""
         if value is None:
@@ -138,20 +156,32 @@ class AccumulatorRunner:
         if not self.channels:
             settle(acks)
             return
-        for channel, envelope in self._envelopes(value, acks, key):
+        for channel, envelope in self._envelopes(value, acks, key, partition):
             await channel.put(envelope)
 
-    def offer_nowait(self, event: Any, acks: tuple[Ack, ...] = (), message_key: Any = None) -> None:
+    def offer_nowait(
+        self,
+        event: Any,
+        acks: tuple[Ack, ...] = (),
+        message_key: Any = None,
+        partition: int | None = None,
+    ) -> None:
         """Transform one event and deliver it now (sync functions only).
 
-        Extension point for keyed values: a source passes the message's raw key as
-        ``message_key`` (the Kafka source will pass ``msg.key()``) for ``key="@message"``.
+        A source passes the message's raw key as ``message_key`` (the Kafka source passes
+        ``msg.key()``) for ``key="@message"``.
         """
-        self.deliver_nowait(self.transform(event), acks, message_key)
+        self.deliver_nowait(self.transform(event), acks, message_key, partition)
 
-    async def offer(self, event: Any, acks: tuple[Ack, ...] = (), message_key: Any = None) -> None:
+    async def offer(
+        self,
+        event: Any,
+        acks: tuple[Ack, ...] = (),
+        message_key: Any = None,
+        partition: int | None = None,
+    ) -> None:
         """Transform one event and deliver it, waiting for channel space."""
-        await self.deliver(await self.transform_async(event), acks, message_key)
+        await self.deliver(await self.transform_async(event), acks, message_key, partition)
 
     def restore(self, value: Any) -> None:
         """Re-deliver a value remembered from before a restart (state store)."""
@@ -302,7 +332,15 @@ class BatchRunner(AccumulatorRunner):
             model = self.spec.model.__name__ if self.spec.model else "model"
             raise AccumulatorInputError(self.name, f"does not match {model}: {error}") from error
 
-    def offer_nowait(self, event: Any, acks: tuple[Ack, ...] = ()) -> None:
+    def offer_nowait(
+        self,
+        event: Any,
+        acks: tuple[Ack, ...] = (),
+        message_key: Any = None,
+        partition: int | None = None,
+    ) -> None:
+        """Buffer one event; ``message_key`` and ``partition`` are unused (a batch's value
+        comes from many messages)."""
         self._validated_add(event, acks)
         if len(self._events) >= self.capacity:
             task = asyncio.get_running_loop().create_task(self.flush())
@@ -314,7 +352,13 @@ class BatchRunner(AccumulatorRunner):
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("batch flush failed", accumulator=self.name, error=str(error))
 
-    async def offer(self, event: Any, acks: tuple[Ack, ...] = ()) -> None:
+    async def offer(
+        self,
+        event: Any,
+        acks: tuple[Ack, ...] = (),
+        message_key: Any = None,
+        partition: int | None = None,
+    ) -> None:
         self._validated_add(event, acks)
         if len(self._events) >= self.capacity:
             await self.flush()
@@ -434,6 +478,55 @@ class BatchRunner(AccumulatorRunner):
         }
 
 
+class TableRunner(AccumulatorRunner):
+    """A global (table) accumulator: keeps the latest value per key instead of delivering.
+
+    Fed from every partition of its topic by ``connectors.kafka.global_table``; keyed
+    reactors watching it read ``table[fired key]`` when they fire, it never fires them.
+    A message with a null value removes its key (with ``key="@message"``).
+    """
+
+    def __init__(self, spec: AccumulatorSpec, channels: list[Channel]) -> None:
+        super().__init__(spec, channels)
+        self.table: dict[str, Any] = {}
+
+    def deliver_nowait(
+        self,
+        value: Any,
+        acks: tuple[Ack, ...] = (),
+        message_key: Any = None,
+        partition: int | None = None,
+    ) -> None:
+        if value is None:
+            self.filtered += 1
+        else:
+            key = self._key(value, message_key)
+            assert key is not None  # a global accumulator always has a key (check_scope)
+            self.table[key] = value
+            self.delivered += 1
+            self.last_value = value
+            self.last_delivered_at = time.time()
+        settle(acks)
+
+    async def deliver(
+        self,
+        value: Any,
+        acks: tuple[Ack, ...] = (),
+        message_key: Any = None,
+        partition: int | None = None,
+    ) -> None:
+        self.deliver_nowait(value, acks, message_key, partition)
+
+    def remove(self, message_key: Any) -> None:
+        """A tombstone: forget the entry of the message's key (``key="@message"``)."""
+        if self.spec.key == "@message" and message_key is not None:
+            key = key_of(self.spec.name, self.spec.key, None, message_key)
+            self.table.pop(key, None)
+
+    def health(self) -> dict[str, Any]:
+        return {**super().health(), "scope": "global", "keys": len(self.table)}
+
+
 def make_runner(
     spec: AccumulatorSpec, channels: list[Channel], clock: Clock = SYSTEM_CLOCK
 ) -> AccumulatorRunner:
@@ -442,4 +535,6 @@ def make_runner(
         return PollingRunner(spec, channels, clock)
     if spec.kind is AccumulatorKind.BATCH:
         return BatchRunner(spec, channels, clock)
+    if spec.scope == "global":
+        return TableRunner(spec, channels)
     return AccumulatorRunner(spec, channels)

@@ -60,6 +60,9 @@ class AccumulatorSpec:
     max_depth: int = DEFAULT_MAX_DEPTH
     key: str | Callable[[Any], str] | None = None
     """The key of each value (``accumulators.keys``): a field name, ``"@message"`` or a function."""
+    scope: str = "group"
+    """``"group"``: the topic's partitions are shared by the consumer group; ``"global"``
+    (stream only): every worker reads every partition into a table, latest value per key."""
 
     @property
     def is_async(self) -> bool:
@@ -126,6 +129,22 @@ def _is_model(hint: Any) -> bool:
     return isinstance(hint, type) and issubclass(hint, pydantic.BaseModel)
 
 
+SCOPES = ("group", "global")
+
+
+def check_scope(owner: str, kind: str, scope: Any, key: Any) -> None:
+    """Reject a ``scope`` that cannot work; ``owner`` names the accumulator."""
+    if scope not in SCOPES:
+        raise ValueError(f"{owner}: scope must be 'group' or 'global', got {scope!r}")
+    if scope == "global" and kind != AccumulatorKind.STREAM.value:
+        raise ValueError(
+            f"{owner}: scope='global' is for stream accumulators (a Kafka topic read as a "
+            f"table), not {kind}"
+        )
+    if scope == "global" and key is None:
+        raise ValueError(f"{owner}: scope='global' keeps the latest value per key: give it key=")
+
+
 def make_spec(fn: Callable[..., Any], kind: AccumulatorKind, **settings: Any) -> AccumulatorSpec:
     """Build a spec from a decorated function, checking every setting."""
     name = settings.pop("name", None) or fn.__name__
@@ -144,6 +163,7 @@ def make_spec(fn: Callable[..., Any], kind: AccumulatorKind, **settings: Any) ->
         raise ValueError(f"{owner}: channel_size must be a positive integer, got {channel_size!r}")
     if kind is AccumulatorKind.STREAM and not settings.get("topic"):
         raise ValueError(f"{owner}: a stream accumulator needs a topic")
+    check_scope(owner, kind.value, settings.setdefault("scope", "group"), settings.get("key"))
     model, model_is_list = (None, False) if kind is AccumulatorKind.POLLING else find_model(fn)
     return AccumulatorSpec(
         name=name, kind=kind, fn=fn, model=model, model_is_list=model_is_list, **settings

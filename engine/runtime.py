@@ -39,6 +39,7 @@ from headrace.reactors import (
     reactor_name_of,
 )
 from headrace.reactors.keyed import keyless_accumulators, keyless_message
+from headrace.reactors.keyed_loop import attach_tables
 
 log = structlog.get_logger("headrace.runtime")
 
@@ -173,6 +174,10 @@ class Runtime:
             if isinstance(runner, BatchRunner):
                 runner.on_batch_failure = self._dead_letter_batch
             self.accumulators[name] = runner
+        try:
+            attach_tables(self.reactors, self.accumulators)
+        except ValueError as error:
+            raise RuntimeConfigError(str(error)) from error
 
     async def _dead_letter_batch(self, accumulator: str, events: list[Any], reason: str) -> None:
         letter = DeadLetter(kind="batch", reason=reason, payload=events, accumulator=accumulator)

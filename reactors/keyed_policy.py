@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from headrace.accumulators.channel import Envelope
 from headrace.reactors.declaration import InputStrategy, ReactorSpec
@@ -32,6 +33,10 @@ class KeyState:
     running: bool = False
     pending_since: float | None = None
     """When the oldest value not yet taken by a fire of this key arrived."""
+    partition: int | None = None
+    """The input partition its values come from (Kafka): its changelog partition."""
+    dropped: bool = False
+    """Its partition was revoked while a fire ran: forget it when the fire returns."""
 
 
 class KeyedPolicy:
@@ -48,6 +53,15 @@ class KeyedPolicy:
         self.queued = 0  # sequential envelopes waiting in key queues
         self.evictions: Counter[str] = Counter()  # reason -> count
         self.evicted: list[tuple[str, str]] = []  # (key, reason) not logged yet
+        self.tables: frozenset[str] = frozenset()
+        """Global (table) accumulators: looked up at fire time, never awaited by when_all."""
+        self.on_evict: Callable[[str, KeyState], None] | None = None
+        """Told about each evicted key before it is forgotten (the changelog's tombstone)."""
+
+    def _policy(self) -> FiringPolicy:
+        policy = FiringPolicy(self.spec)
+        policy.required -= len(self.tables)
+        return policy
 
     # -- admission and eviction --------------------------------------------------------
     def admits(self, key: str) -> bool:
@@ -82,6 +96,8 @@ class KeyedPolicy:
             self._evict(key, "ttl")
 
     def _evict(self, key: str, reason: str) -> None:
+        if self.on_evict is not None:
+            self.on_evict(key, self.keys[key])
         del self.keys[key]
         del self.idle[key]
         self.evictions[reason] += 1
@@ -99,10 +115,12 @@ class KeyedPolicy:
         now = self.clock()
         state = self.keys.get(key)
         if state is None:
-            state = self.keys[key] = KeyState(FiringPolicy(self.spec), now)
+            state = self.keys[key] = KeyState(self._policy(), now)
         else:
             state.last_active = now
             self.idle.pop(key, None)
+        if envelope.partition is not None:
+            state.partition = envelope.partition
         if self.sequential:
             state.queue.append((envelope, now))
             self.queued += 1
@@ -138,13 +156,66 @@ class KeyedPolicy:
 
     def finished(self, key: str) -> None:
         """The fire of ``key`` returned: the key may fire again."""
-        state = self.keys[key]
+        state = self.keys.get(key)
+        if state is None:
+            return
+        if state.dropped:
+            self._forget(key)
+            return
         state.running = False
         state.last_active = self.clock()
         if self._owes(state):
             self.ready[key] = None
         elif not state.policy.dirty:  # nothing unsettled (when_all may hold a partial join)
             self.idle[key] = None
+
+    # -- restoring and dropping (partitions moving between workers) ----------------------
+    def restore(
+        self, key: str, partition: int | None, values: Mapping[str, tuple[Any, bool]]
+    ) -> None:
+        """Put a key's cache back as its changelog kept it: ``{accumulator: (value, dirty)}``.
+
+        A dirty value (delivered, not fired yet) owes a fire again; it carries no acks, as
+        its offset was acked once it reached the changelog. A key already held is kept.
+        """
+        if key in self.keys:
+            return
+        now = self.clock()
+        state = KeyState(self._policy(), now, partition=partition)
+        for accumulator, (value, dirty) in values.items():
+            if accumulator not in self.spec.accumulators:
+                continue  # the reactor no longer watches it
+            if dirty and not self.sequential:
+                state.policy.apply(Envelope(accumulator, value, key=key, partition=partition))
+            else:
+                state.policy.cache[accumulator] = value
+        self.keys[key] = state
+        if self._owes(state):
+            state.pending_since = now
+            self.ready[key] = None
+        elif not state.policy.dirty:
+            self.idle[key] = None
+
+    def drop_partition(self, partition: int) -> int:
+        """Forget the keys of ``partition`` (revoked: another worker restores them);
+        a key whose fire runs goes when the fire returns. Returns how many keys went."""
+        dropped = 0
+        for key, state in list(self.keys.items()):
+            if state.partition != partition:
+                continue
+            dropped += 1
+            if state.running:
+                state.dropped = True
+            else:
+                self._forget(key)
+        return dropped
+
+    def _forget(self, key: str) -> None:
+        state = self.keys.pop(key)
+        self.ready.pop(key, None)
+        self.idle.pop(key, None)
+        if self.sequential:
+            self.queued -= len(state.queue)
 
     # -- views -----------------------------------------------------------------------------
     def owed(self) -> bool:

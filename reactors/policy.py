@@ -53,6 +53,8 @@ class FiringPolicy:
         self.cache: dict[str, Any] = {}
         self._unfired: dict[str, Envelope] = {}
         self.fires = 0
+        self.required = len(spec.accumulators)
+        """How many accumulators ``when_all`` waits for (tables are looked up, not awaited)."""
 
     @property
     def dirty(self) -> KeysView[str]:
@@ -74,7 +76,7 @@ class FiringPolicy:
     def ready(self) -> bool:
         """Whether the criterion holds now."""
         if self.spec.mode is ReactionMode.WHEN_ALL:
-            return len(self._unfired) == len(self.spec.accumulators)
+            return len(self._unfired) == self.required
         return bool(self._unfired)
 
     def snapshot(self) -> dict[str, Any]:

@@ -222,8 +222,11 @@ class DeliveryProducer:
         key: bytes | str | None,
         headers: list[tuple[str, bytes]] | None,
         delivered: Delivered,
+        partition: int = -1,
     ) -> bool:
-        """Hand one message to the producer; False when too many are in flight (try later)."""
+        """Hand one message to the producer; False when too many are in flight (try later).
+
+        ``partition`` -1 lets the partitioner choose (by key)."""
         if self.in_flight >= self.max_in_flight:
             self._space.clear()
             return False
@@ -233,6 +236,7 @@ class DeliveryProducer:
                 topic,
                 value,
                 key,
+                partition=partition,
                 headers=headers,
                 on_delivery=partial(self._on_delivery, delivered),
             )

@@ -38,6 +38,8 @@ from headrace.connectors.kafka.flow import (
     labels,
     released_on_assign,
 )
+from headrace.connectors.kafka.global_table import GlobalTables, split_tables
+from headrace.connectors.kafka.keyed_changelogs import KeyedChangelogs, client_settings
 from headrace.connectors.kafka.offsets import OffsetTracker, PartitionOffsets
 from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER, ErrorLog
 
@@ -181,6 +183,16 @@ class KafkaSource:
         }
         strategy = str(self.config["partition.assignment.strategy"])
         self._cooperative = "cooperative" in strategy
+        self._strategy_given = "partition.assignment.strategy" in (consumer_config or {})
+        self.changelogs = KeyedChangelogs(
+            bootstrap_servers,
+            group_id,
+            on_restored=self._on_space,
+            client_config=client_settings(self.config),
+        )
+        """The changelogs of the keyed reactors fed here (durable per-key state)."""
+        self.tables = GlobalTables(bootstrap_servers, client_settings(self.config))
+        """The global (table) accumulators of this source, read outside the group."""
         self.tracker = OffsetTracker()
         self._routes: dict[str, _Route] = {}
         self._runtime: SourceContext | None = None
@@ -243,7 +255,8 @@ class KafkaSource:
         self._runtime = runtime
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        topics = self._select(runtime)
+        topics, tables = split_tables(self._select(runtime))
+        await self.tables.start(runtime, tables)
         self.accumulators = frozenset(r.name for rs in topics.values() for r in rs)
         self._routes = {
             topic: _Route(topic, runners, self.max_batch_events, self.dead_letter_budget)
@@ -256,12 +269,33 @@ class KafkaSource:
             for runner in route.runners:
                 for channel in runner.channels:
                     channel.add_space_listener(self._on_space)
+        await self.changelogs.start(runtime, self.accumulators)
+        if self.changelogs.multi_topic:
+            self._use_range_assignor()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "headrace-kafka-consumer")
         self._stopping = False
         await self._call(self._open, sorted(topics))
         self._task = asyncio.create_task(self._fetch_loop(), name="kafka-source")
         runtime.supervise(self._task, "kafka-source")
         log.info("kafka source started", group=self.group_id, topics=sorted(topics))
+
+    def _use_range_assignor(self) -> None:
+        """A keyed reactor joins topics: the range assignor gives a worker the same partition
+        numbers of every topic (confluent-kafka cannot plug a co-locating assignor)."""
+        strategy = self.config["partition.assignment.strategy"]
+        if self._strategy_given and strategy != "range":
+            raise ValueError(
+                f"consumer group {self.group_id!r}: a keyed reactor joins several topics, which "
+                f"needs partition.assignment.strategy=range (set: {strategy!r}) so that one "
+                "worker owns the same partition of each"
+            )
+        self.config["partition.assignment.strategy"] = "range"
+        self._cooperative = False
+        log.info(
+            "range assignor for a keyed join: every rebalance revokes all partitions "
+            "(cooperative-sticky would not co-locate the topics' partitions)",
+            group=self.group_id,
+        )
 
     def _open(self, topics: list[str]) -> None:
         self._consumer = Consumer(self.config)
@@ -454,9 +488,9 @@ class KafkaSource:
                     runner = runners[0]
                     try:
                         if route.is_async:
-                            await runner.offer(event, (ack,))
+                            await runner.offer(event, (ack,), msg.key(), partition)
                         else:
-                            runner.offer_nowait(event, (ack,))
+                            runner.offer_nowait(event, (ack,), msg.key(), partition)
                     except AccumulatorInputError as error:
                         self._dead_letter(route, msg, error.reason, ack, accumulator=runner.name)
                 else:
@@ -473,9 +507,9 @@ class KafkaSource:
         for runner in route.runners:
             try:
                 if runner.spec.kind is AccumulatorKind.STREAM and runner.spec.is_async:
-                    await runner.offer(event, (shared,))
+                    await runner.offer(event, (shared,), msg.key(), msg.partition())
                 else:
-                    runner.offer_nowait(event, (shared,))
+                    runner.offer_nowait(event, (shared,), msg.key(), msg.partition())
             except AccumulatorInputError as error:
                 self._dead_letter(route, msg, error.reason, shared, accumulator=runner.name)
 
@@ -604,6 +638,7 @@ class KafkaSource:
             route is not None
             and route.drained()
             and self.tracker.in_flight(tp) * 2 <= self.max_in_flight_per_partition
+            and not self.changelogs.holds(tp)
         )
 
     def _resumed(self, ready: list[TP], done: concurrent.futures.Future[list[TP]]) -> None:
@@ -690,11 +725,12 @@ class KafkaSource:
     def _assigned_on_loop(self, tps: list[TP]) -> list[TP]:
         """Track new partitions; returns those to pause (ours already, or channel full)."""
         self.stats["rebalances"] += 1
+        self.changelogs.assigned(tps)  # keyed state restores before the partition is fetched
         return self.flow.assign(tps, self._must_pause)
 
     def _must_pause(self, tp: TP) -> bool:
         route = self._routes.get(tp[0])
-        return route is not None and not route.drained()
+        return route is not None and (not route.drained() or self.changelogs.holds(tp))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
@@ -734,6 +770,7 @@ class KafkaSource:
         return self.commits.take(tps)
 
     def _drop_on_loop(self, tps: list[TP]) -> None:
+        self.changelogs.revoked(tps)
         self.tracker.revoke(tps)
         for tp in tps:
             self._lag.pop(tp, None)
@@ -810,7 +847,9 @@ class KafkaSource:
         self._stopping = True
         if self._dead_letter_tasks:
             await asyncio.gather(*list(self._dead_letter_tasks), return_exceptions=True)
+        await self.tables.stop()
         if self._executor is None:
+            await self.changelogs.close()
             return
         try:
             try:
@@ -822,6 +861,7 @@ class KafkaSource:
         finally:
             self._executor.shutdown(wait=True)
             self._executor = None
+            await self.changelogs.close()
         log.info("kafka source closed", group=self.group_id, **self.stats)
 
     def _close_consumer(self) -> None:

@@ -23,7 +23,7 @@ from headrace.accumulators import (
     registered_accumulators,
 )
 from headrace.accumulators.keys import MESSAGE_KEY, KeySetting, check_key_setting
-from headrace.accumulators.spec import DEFAULT_CHANNEL_SIZE, find_model
+from headrace.accumulators.spec import DEFAULT_CHANNEL_SIZE, check_scope, find_model
 from headrace.engine.config.files import Issues, Merged, Path_
 from headrace.engine.config.imports import ensure_on_path, import_module, resolve_ref
 from headrace.engine.config.schema import (
@@ -46,7 +46,7 @@ from headrace.reactors.declaration import make_reactor_spec
 from headrace.reactors.keyed import KEY_PARAMETER
 
 _KIND_FIELDS: dict[str, set[str]] = {
-    "stream": {"topic", "group", "model", "function", "channel_size", "strict", "key"},
+    "stream": {"topic", "group", "model", "function", "channel_size", "strict", "key", "scope"},
     "batch": {
         "topic",
         "group",
@@ -203,6 +203,11 @@ class Resolver:
             elif existing is not None:
                 model, model_is_list = existing.model, existing.model_is_list
         key = self._key(file, at, kind, cfg, existing)
+        scope = cfg.scope or (existing.scope if existing is not None else "group")
+        try:
+            check_scope("accumulator", kind, scope, key)
+        except ValueError as error:
+            self.add(file, (*at, "scope"), str(error).removeprefix("accumulator: "))
         if len(self.issues.items) > before:
             return None
 
@@ -227,6 +232,7 @@ class Resolver:
             model_is_list=model_is_list,
             strict=bool(pick("strict", False)),
             key=key,
+            scope=scope,
         )
 
     def _key(

@@ -371,6 +371,8 @@ class AccumulatorConfig(Model):
     """Validate the model in pydantic strict mode (stream, passthrough); default lax."""
     key: NonEmpty | None = None
     """A field of the value, ``"@message"`` (the message key) or ``"module:function"``."""
+    scope: Literal["group", "global"] | None = None
+    """``global`` (stream): every worker reads the whole topic as a table (latest per key)."""
 
 
 class ReactorConfig(Model):

@@ -246,6 +246,16 @@ class _RuntimeCollector(Collector):
             "Idle keys a keyed reactor dropped (reason: max_keys or ttl).",
             labels=["reactor", "reason"],
         )
+        restored = CounterMetricFamily(
+            "headrace_reactor_restored_keys",
+            "Keys a keyed reactor restored from its changelog (partitions assigned to it).",
+            labels=["reactor"],
+        )
+        restore_seconds = GaugeMetricFamily(
+            "headrace_reactor_last_restore_seconds",
+            "How long the last restore of a changelog partition of a keyed reactor took.",
+            labels=["reactor"],
+        )
         for name, loop in sorted(runtime.reactors.items()):
             health = loop.health()
             fires.add_metric([name], health["fire_count"])
@@ -257,7 +267,11 @@ class _RuntimeCollector(Collector):
                 oldest.add_metric([name], health["oldest_pending_age"] or 0.0)
                 for reason in ("max_keys", "ttl"):
                     evictions.add_metric([name, reason], health["evictions"].get(reason, 0))
+                if health.get("changelog"):
+                    restored.add_metric([name], health["restored_keys"])
+                    restore_seconds.add_metric([name], health["last_restore_seconds"] or 0.0)
         yield from (fires, paused, failed, keys, running, oldest, evictions)
+        yield from (restored, restore_seconds)
 
     def _sources(self, runtime: Runtime) -> Iterator[Metric]:
         lag = GaugeMetricFamily(

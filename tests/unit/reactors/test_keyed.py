@@ -18,7 +18,7 @@ from headrace.accumulators import (
     polling_accumulator,
 )
 from headrace.accumulators.runners import AccumulatorRunner
-from headrace.accumulators.spec import AccumulatorKind, AccumulatorSpec
+from headrace.accumulators.spec import AccumulatorKind, AccumulatorSpec, make_spec
 from headrace.connectors import CallbackSink, MemorySink
 from headrace.engine import ComputationGraphBuilder, Runtime
 from headrace.engine.errors import GraphDefinitionError, RuntimeConfigError
@@ -572,3 +572,66 @@ async def test_keyed_health_and_metrics():
     assert value(parsed, "headrace_reactor_key_evictions_total", reactor="kx", reason="ttl") == 0
     assert done["fire_count"] == 1 and done["fires_per_second"] > 0
     assert runtime.health()["graphs"]["g"]["keys"] == 2
+
+
+# -- global (table) accumulators ---------------------------------------------------------------
+
+
+def test_scope_global_needs_a_stream_with_a_key() -> None:
+    from headrace.accumulators import stream_accumulator
+
+    with pytest.raises(ValueError, match="give it key="):
+        stream_accumulator(topic="t", name="tbl_nokey", scope="global")(lambda e: e)
+    with pytest.raises(ValueError, match="for stream accumulators"):
+        make_spec(lambda e: e, AccumulatorKind.PASSTHROUGH, name="tbl_pt", key="k", scope="global")
+    with pytest.raises(ValueError, match="'group' or 'global'"):
+        stream_accumulator(topic="t", name="tbl_scope", key="k", scope="all")(lambda e: e)
+
+
+async def test_a_keyed_fire_sees_the_table_entry_of_its_key_and_tables_never_fire() -> None:
+    from headrace.accumulators import stream_accumulator
+    from headrace.accumulators.runners import TableRunner
+
+    passthrough_accumulator(name="tb_trades", key="symbol")(lambda e: e)
+    stream_accumulator(topic="tb_instruments", name="tb_instruments", key="symbol", scope="global")(
+        lambda e: e
+    )
+    reactor(
+        name="tb_rx", accumulators=["tb_trades", "tb_instruments"], mode="when_all", keyed=True
+    )(type("Rx", (), {}))
+    seen: list[tuple[str, Any]] = []
+    with ComputationGraphBuilder(
+        "tb_graph", reactor="tb_rx", graph={"enrich": {"inputs": ["tb_trades", "tb_instruments"]}}
+    ) as builder:
+        builder.add_node(
+            "enrich", lambda tb_trades, tb_instruments, key: seen.append((key, tb_instruments))
+        )
+    async with Runtime(graphs=["tb_graph"]) as runtime:
+        table = runtime.accumulators["tb_instruments"]
+        assert isinstance(table, TableRunner)
+        table.offer_nowait({"symbol": "BTC", "tick": 0.5})
+        assert runtime.reactors["tb_rx"].fire_count == 0, "a table update never fires"
+        await runtime.push("tb_trades", {"symbol": "BTC"})
+        await runtime.push("tb_trades", {"symbol": "ETH"})
+        await runtime.wait_idle()
+    assert sorted(seen, key=lambda s: s[0]) == [
+        ("BTC", {"symbol": "BTC", "tick": 0.5}),
+        ("ETH", None),
+    ]
+
+
+async def test_an_unkeyed_reactor_cannot_watch_a_table() -> None:
+    from headrace.accumulators import stream_accumulator
+
+    passthrough_accumulator(name="tu_trades")(lambda e: e)
+    stream_accumulator(topic="tu_instruments", name="tu_instruments", key="symbol", scope="global")(
+        lambda e: e
+    )
+    reactor(name="tu_rx", accumulators=["tu_trades", "tu_instruments"])(type("Rx", (), {}))
+    with ComputationGraphBuilder(
+        "tu_graph", reactor="tu_rx", graph={"n": {"inputs": ["tu_trades", "tu_instruments"]}}
+    ) as builder:
+        builder.add_node("n", lambda tu_trades, tu_instruments: None)
+    with pytest.raises(RuntimeConfigError, match="only keyed reactors"):
+        async with Runtime(graphs=["tu_graph"]):
+            pass

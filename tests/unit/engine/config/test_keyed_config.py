@@ -136,3 +136,62 @@ def test_bad_max_concurrency_is_a_schema_error(tmp_path: Path, mod: str) -> None
         tmp_path, "k.toml", keyed_file(mod).replace("max_concurrency = 4", "max_concurrency = 0")
     )
     assert_issue(errors(file), file, "reactors.rx.max_concurrency", "greater than or equal to 1")
+
+
+def table_file(mod: str, table: str) -> str:
+    return f"""
+    modules = [{{ name = "{mod}", path = "." }}]
+    [worker]
+    bootstrap_servers = "127.0.0.1:9"
+
+    [accumulators.book]
+    kind = "stream"
+    topic = "books"
+    key = "symbol"
+    [accumulators.instrument]
+    {table}
+
+    [reactors.rx]
+    accumulators = ["book", "instrument"]
+    keyed = true
+
+    [graphs.signal]
+    module = "{mod}"
+    reactor = "rx"
+    [graphs.signal.topology.evaluate]
+    inputs = ["book", "instrument"]
+    """
+
+
+def test_a_global_table_accumulator_loads(tmp_path: Path, mod: str) -> None:
+    (tmp_path / f"{mod}.py").write_text("def evaluate(book, instrument):\n    return 1\n")
+    table = 'kind = "stream"\n    topic = "instruments"\n    key = "symbol"\n    scope = "global"'
+    config = load_config([write(tmp_path, "t.toml", table_file(mod, table))], environ={})
+    assert config.accumulators["instrument"].scope == "global"
+    assert config.accumulators["book"].scope == "group"
+
+
+@pytest.mark.parametrize(
+    ("table", "words"),
+    [
+        ('kind = "stream"\n    topic = "instruments"\n    scope = "global"', ["give it key="]),
+        (
+            'kind = "batch"\n    topic = "instruments"\n    key = "symbol"\n    scope = "global"',
+            ["scope"],
+        ),
+        (
+            'kind = "stream"\n    topic = "instruments"\n    key = "symbol"\n    scope = "world"',
+            ["global"],
+        ),
+    ],
+)
+def test_a_bad_scope_is_refused_naming_the_field(
+    tmp_path: Path, mod: str, table: str, words: list[str]
+) -> None:
+    (tmp_path / f"{mod}.py").write_text("def evaluate(book, instrument):\n    return 1\n")
+    path = write(tmp_path, "t.toml", table_file(mod, table))
+    issues = errors(path)
+    assert any(
+        "accumulators.instrument" in issue.field and all(w in str(issue) for w in words)
+        for issue in issues
+    ), "\n".join(map(str, issues))
