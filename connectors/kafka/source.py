@@ -909,6 +909,10 @@ class KafkaSource:
             self.in_callback = False
         self._seek_pending(consumer)
 
+    @property
+    def fetching(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     def group_metadata(self) -> Any:
         """The consumer's group metadata for ``send_offsets_to_transaction`` (KIP-447)."""
         assert self._consumer is not None

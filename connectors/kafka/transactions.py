@@ -98,6 +98,10 @@ class Participant(Protocol):
     tracker: OffsetTracker
     in_callback: bool
 
+    @property
+    def fetching(self) -> bool:
+        """Its fetch loop runs (a stopped source needs no parking)."""
+
     def group_metadata(self) -> Any:
         """The consumer's ``consumer_group_metadata()`` (any thread)."""
 
@@ -256,7 +260,10 @@ class TransactionCoordinator:
 
     def _quiet(self, callback: Participant | None) -> bool:
         return (
-            all(id(s) in self._parked or s.in_callback or s is callback for s in self.sources)
+            all(
+                id(s) in self._parked or s.in_callback or not s.fetching or s is callback
+                for s in self.sources
+            )
             and not self.in_flight()
         )
 
