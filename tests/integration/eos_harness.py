@@ -17,6 +17,7 @@ from tests.fixtures.kafka_broker import partitions_of
 from tests.integration.chaos import DeadLetterReader, SignalReader, write_soak_app
 
 GUARANTEE_LINE = 'guarantee = "${SOAK_GUARANTEE:-at_least_once}"\n'
+DLQ_SUFFIX_LINE = 'topic_suffix = "${SOAK_DLQ_SUFFIX:-.dlq}"\n'
 TRANSACTIONS_TABLE = """
 [worker.transactions]
 transactional_id = "${SOAK_TXN_ID}"
@@ -31,6 +32,9 @@ def write_eos_app(directory: Path) -> Path:
     text = config.read_text()
     marker = 'drain_timeout = "${SOAK_DRAIN_TIMEOUT:-45s}"\n'
     assert marker in text and "\n[worker.consumer]" in text, "update eos_harness: soak config"
+    dead_letters = "[worker.dead_letters]\nkafka = true\n"
+    assert dead_letters in text, "update eos_harness: soak config"
+    text = text.replace(dead_letters, dead_letters + DLQ_SUFFIX_LINE, 1)
     text = text.replace(marker, marker + GUARANTEE_LINE, 1)
     text = text.replace("\n[worker.consumer]", TRANSACTIONS_TABLE + "\n[worker.consumer]", 1)
     config.write_text(text)
