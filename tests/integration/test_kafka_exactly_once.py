@@ -201,3 +201,108 @@ def test_sigkills_leave_every_input_exactly_once(tmp_path: Path) -> None:
     assert not repeated, f"exactly_once: poison dead-lettered more than once: {repeated}"
     assert codes == [0, 0, 0, 0], f"SIGTERM exit codes {codes}"
     assert not _unexpected_exits(eos) and not _unexpected_exits(alo)
+
+
+def _read_all(bootstrap: str, pipeline: Pipeline, feed: MixedProducer) -> CommittedSignals:
+    committed = CommittedSignals(bootstrap, pipeline.out_topic)
+    committed.wait_for(feed.good_ids, timeout=180)
+    committed.poll(2.0)
+    return committed
+
+
+@pytest.mark.timeout(600)
+def test_broker_restart_mid_stream_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    with own_broker() as broker:
+        bootstrap = broker.bootstrap
+        in_topic = create_topic(bootstrap, unique_topic("eos-in"), partitions=3)
+        eos = Pipeline("eos", "exactly_once", bootstrap, in_topic, tmp_path)
+        feed = MixedProducer(bootstrap, in_topic, 2_400, 120, random.Random(7), poison_share=0.05)
+        try:
+            eos.start()
+            feed.start()
+            time.sleep(6)
+            down = time.monotonic()
+            broker.kill()
+            time.sleep(3)
+            broker.revive()
+            downtime = time.monotonic() - down
+            feed.finish(timeout=300)
+            committed = _read_all(bootstrap, eos, feed)
+            letters = CommittedDeadLetters(bootstrap, eos.dlq)
+            letters.wait_for(set(feed.poison), timeout=60)
+            codes = eos.stop()
+        finally:
+            eos.close()
+            feed.join(5)
+    good = feed.good_ids
+    print(
+        f"\nEOS BROKER RESTART: down {downtime:.1f}s sent={feed.sent} good={len(good)} "
+        f"lost={len(good - committed.ids.keys())} duplicates={committed.duplicates()} "
+        f"aborts={eos.events(ABORTED)} letters={letters.records}/{len(feed.poison)} "
+        f"exit codes {codes} unexpected exits {_unexpected_exits(eos)}"
+    )
+    assert good <= committed.ids.keys() and committed.duplicates() == 0
+    assert letters.records == len(feed.poison) == len(letters.sources)
+    assert codes == [0, 0] and not _unexpected_exits(eos)
+
+
+@pytest.mark.timeout(600)
+def test_zombie_is_fenced_and_its_late_writes_stay_invisible(tmp_path: Path) -> None:
+    with own_broker() as broker:
+        bootstrap = broker.bootstrap
+        in_topic = create_topic(bootstrap, unique_topic("eos-in"), partitions=3)
+        eos = Pipeline("eos", "exactly_once", bootstrap, in_topic, tmp_path)
+        feed = MixedProducer(bootstrap, in_topic, 3_000, 100, random.Random(11), poison_share=0.0)
+        zombie, survivor = eos.slots
+        try:
+            eos.start()
+            feed.start()
+            time.sleep(5)
+            assigned_before = len(survivor.events("partitions assigned"))
+            zombie.current.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+            # session.timeout.ms = 6 s: the group moves the zombie's partitions to the survivor
+            wait_until(
+                lambda: len(survivor.events("partitions assigned")) > assigned_before,
+                90,
+                "the survivor to take the zombie's partitions",
+            )
+            time.sleep(2)
+            zombie.current.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+            resumed_at = time.time()
+
+            def zombie_reacted() -> bool:
+                return any(
+                    e["event"].startswith(FENCED_PREFIX)
+                    or e["event"] in (ABORTED, "partitions lost")
+                    for e in zombie.events()
+                )
+
+            wait_until(zombie_reacted, 90, "the zombie to be fenced or to abort")
+            feed.finish(timeout=300)
+            committed = _read_all(bootstrap, eos, feed)
+            fenced = [e for e in zombie.events() if e["event"].startswith(FENCED_PREFIX)]
+            if fenced:  # it stops by itself, non-zero
+                zombie.current.proc.wait(120)  # type: ignore[union-attr]
+            zombie_code = zombie.current.exit_code  # type: ignore[union-attr]
+            codes = eos.stop()
+        finally:
+            zombie.close()
+            eos.close()
+            feed.join(5)
+    good = feed.good_ids
+    reactions = sorted(
+        {
+            e["event"][:40]
+            for e in zombie.events()
+            if e["event"].startswith(FENCED_PREFIX) or e["event"] in (ABORTED, "partitions lost")
+        }
+    )
+    print(
+        f"\nEOS ZOMBIE: resumed at {resumed_at:.0f}; zombie reactions {reactions}; zombie exit "
+        f"{zombie_code}; lost={len(good - committed.ids.keys())} "
+        f"duplicates={committed.duplicates()} exit codes {codes}"
+    )
+    assert good <= committed.ids.keys(), "inputs lost"
+    assert committed.duplicates() == 0, "the zombie's late writes are visible"
+    if fenced:
+        assert zombie_code not in (0, None), "a fenced worker must stop non-zero"

@@ -314,7 +314,7 @@ async def test_max_inputs_commits_before_the_interval() -> None:
 
 
 async def test_produce_waits_while_no_transaction_is_open() -> None:
-    coordinator, client, source, _ = await started()
+    coordinator, client, _source, _ = await started()
     coordinator.producer.is_open = False
     coordinator.producer._open.clear()
     task = asyncio.create_task(coordinator.produce("out", None, b"v"))
@@ -324,3 +324,18 @@ async def test_produce_waits_while_no_transaction_is_open() -> None:
     await asyncio.wait_for(task, 5)
     assert "produce" in client.names()
     await coordinator.close()
+
+
+def test_kafka_source_checks_its_guarantee() -> None:
+    from headrace.connectors.kafka.source import KafkaSource
+
+    with pytest.raises(ValueError, match="KafkaSource: guarantee must be"):
+        KafkaSource("b:9092", "g", guarantee="exactly-once")
+    with pytest.raises(ValueError, match="needs transactions=TransactionCoordinator"):
+        KafkaSource("b:9092", "g", guarantee="exactly_once")
+    producer = TransactionalProducer("b:9092", "t", client_factory=lambda _c: FakeClient())
+    coordinator = TransactionCoordinator(producer)
+    source = KafkaSource("b:9092", "g", guarantee="exactly_once", transactions=coordinator)
+    assert source.config["isolation.level"] == "read_committed"
+    assert coordinator.sources == [source]
+    assert KafkaSource("b:9092", "g").config.get("isolation.level") is None
