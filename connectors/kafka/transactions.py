@@ -445,10 +445,7 @@ class TransactionCoordinator:
                     reason,
                 )
                 return
-            try:
-                await self.producer.abort()
-            except Exception as error:
-                self._stop(transaction_error_kind(error), error, reason)
+            if not await self._abort_until_done(reason):
                 return
             rewound: list[TP] = []
             for source in self.sources:
@@ -471,6 +468,24 @@ class TransactionCoordinator:
             except Exception:
                 log.exception("abort listener failed")
         await self.producer.begin()
+
+    async def _abort_until_done(self, reason: str) -> bool:
+        """``abort_transaction``, again while its errors are retriable (Kafka away: as long
+        as it takes, like deliveries); False when it failed for good (the worker stops)."""
+        delay = 0.1
+        while True:
+            try:
+                await self.producer.abort()
+                return True
+            except Exception as error:
+                kind = transaction_error_kind(error)
+                if kind != "retriable" or self._failed():
+                    self._stop(kind, error, reason)
+                    return False
+                self.stats["retries"] += 1
+                log.warning("transaction abort failed; retrying", reason=reason, error=str(error))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     # -- closing -------------------------------------------------------------------------
     async def detach(self, source: Participant) -> None:

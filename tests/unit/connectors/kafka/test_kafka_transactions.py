@@ -339,3 +339,14 @@ def test_kafka_source_checks_its_guarantee() -> None:
     assert source.config["isolation.level"] == "read_committed"
     assert coordinator.sources == [source]
     assert KafkaSource("b:9092", "g").config.get("isolation.level") is None
+
+
+async def test_retriable_abort_is_retried_until_it_works() -> None:
+    coordinator, client, source, runtime = await started()
+    fetch = await park(coordinator, source)
+    source.take(("in", 0), 0)()
+    client.fail["abort"] = [error(KafkaError._TIMED_OUT, retriable=True)] * 3
+    await coordinator.abort("lost")
+    fetch.cancel()
+    assert client.names().count("abort") == 4 and not runtime.failures
+    assert coordinator.stats["aborted"] == 1 and coordinator.producer.is_open
