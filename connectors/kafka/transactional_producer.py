@@ -96,6 +96,10 @@ class TransactionalProducer:
         self.produced_in_transaction = 0
         self.is_open = False
         self.discarding = False
+        self._offsets_sent = 0
+        self.doomed = False
+        """A message of the open transaction failed: it can only abort."""
+        self.on_doomed: Callable[[], None] | None = None
         self._client: TransactionalClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._calls: concurrent.futures.ThreadPoolExecutor | None = None
@@ -139,6 +143,8 @@ class TransactionalProducer:
         assert self._client is not None
         await self._call(self._client.begin_transaction)
         self.produced_in_transaction = 0
+        self._offsets_sent = 0
+        self.doomed = False
         self.is_open = True
         self._open.set()
 
@@ -170,15 +176,30 @@ class TransactionalProducer:
             if error is None:
                 self.delivered += 1
             else:
-                self.failed += 1
+                self._failed_in_transaction(error)
             try:
-                delivered(error)
+                # A failed message dooms its transaction (the commit fails, it is aborted and
+                # its inputs consumed again): sending it once more would repeat it, so the
+                # writer is told it is done and the abort takes care of it.
+                delivered(None)
             except Exception:
                 log.exception("delivery callback failed", producer="transactional")
         if self.in_flight < self.max_in_flight:
             self._space.set()
         if self.in_flight == 0:
             self._idle.set()
+
+    def _failed_in_transaction(self, error: BaseException) -> None:
+        self.failed += 1
+        if not self.doomed:
+            self.doomed = True
+            log.warning(
+                "a message failed in the open transaction: it will abort and its inputs be "
+                "consumed again",
+                error=str(error),
+            )
+            if self.on_doomed is not None:
+                self.on_doomed()
 
     def produce_nowait(
         self,
@@ -269,16 +290,17 @@ class TransactionalProducer:
         assert self._client is not None
         self._close_gate()
         client, timeout = self._client, self.operation_timeout
-        for positions, metadata in offsets:
-            if positions:
+        for index, (positions, metadata) in enumerate(offsets):
+            if positions and index >= self._offsets_sent:
                 tps = [TopicPartition(t, p, o) for (t, p), o in sorted(positions.items())]
                 await self._call(client.send_offsets_to_transaction, tps, metadata, timeout)
+            self._offsets_sent = index + 1
         await self._call(client.commit_transaction, timeout)
 
-    async def retry_commit(self) -> None:
-        """Retry ``commit_transaction`` after a retriable error (librdkafka allows it)."""
-        assert self._client is not None
-        await self._call(self._client.commit_transaction, self.operation_timeout)
+    async def retry_commit(self, offsets: list[tuple[dict[TP, int], Any]]) -> None:
+        """``commit`` again after a retriable error (librdkafka allows both calls again):
+        offsets already sent are not sent twice; the rest go, then the commit."""
+        await self.commit(offsets)
 
     async def abort(self) -> None:
         assert self._client is not None

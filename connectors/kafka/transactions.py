@@ -138,6 +138,7 @@ class TransactionCoordinator:
         if not isinstance(max_inputs, int) or max_inputs < 1:
             raise ValueError(f"max_inputs must be an integer >= 1, got {max_inputs!r}")
         self.producer = producer
+        producer.on_doomed = self._wake_now  # a failed message: end (abort) it soon
         self.commit_interval = commit_interval
         self.max_inputs = max_inputs
         self.barrier_timeout = barrier_timeout
@@ -285,12 +286,19 @@ class TransactionCoordinator:
     def _failed(self) -> bool:
         return self.runtime is not None and bool(self.runtime.supervisor.failed)
 
+    def _wake_now(self) -> None:
+        self._wake.set()
+
     # -- committing ----------------------------------------------------------------------
     async def _timer(self) -> None:
         """Commit every ``commit_interval`` or once ``max_inputs`` inputs were taken."""
         while not self.stopped:
             due = self._opened_at + self.commit_interval - self.clock()
-            if due > 0 and self.inputs_since_commit() < self.max_inputs:
+            if (
+                due > 0
+                and self.inputs_since_commit() < self.max_inputs
+                and not self.producer.doomed
+            ):
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), due)
@@ -318,6 +326,9 @@ class TransactionCoordinator:
                         in_flight=self.in_flight(),
                         barrier_timeout=self.barrier_timeout,
                     )
+                if self.producer.doomed:
+                    await self._abort(f"{reason}: a message of the transaction failed", callback)
+                    return False
                 offsets = [(s.tracker.committable(), s) for s in self.sources]
                 records = self.producer.produced_in_transaction
                 if not records and not any(positions for positions, _ in offsets):
@@ -341,7 +352,7 @@ class TransactionCoordinator:
         try:
             await self.producer.commit(with_metadata)
         except Exception as error:
-            if not await self._after_commit_error(error, reason, callback):
+            if not await self._after_commit_error(error, reason, callback, with_metadata):
                 return False
         for positions, source in offsets:
             source.tracker.mark_committed(positions)  # type: ignore[arg-type]
@@ -349,7 +360,11 @@ class TransactionCoordinator:
         return True
 
     async def _after_commit_error(
-        self, error: BaseException, reason: str, callback: Participant | None
+        self,
+        error: BaseException,
+        reason: str,
+        callback: Participant | None,
+        offsets: list[tuple[dict[TP, int], Any]],
     ) -> bool:
         """Retry a retriable commit; abort and rewind an abortable one; stop otherwise.
         True when the commit went through after all."""
@@ -361,7 +376,7 @@ class TransactionCoordinator:
             log.warning("transaction commit failed; retrying", reason=reason, error=str(error))
             await asyncio.sleep(0.1)
             try:
-                await self.producer.retry_commit()
+                await self.producer.retry_commit(offsets)
                 return True
             except Exception as again:
                 error, kind = again, transaction_error_kind(again)

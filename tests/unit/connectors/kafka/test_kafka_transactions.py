@@ -34,6 +34,7 @@ class FakeClient:
         self.calls: list[tuple[str, Any]] = []
         self.fail: dict[str, list[BaseException]] = {}
         self.pending: list[Any] = []
+        self.delivery_error: KafkaError | None = None
         self.lock = threading.Lock()
 
     def _call(self, name: str, arg: Any = None) -> None:
@@ -71,7 +72,7 @@ class FakeClient:
         with self.lock:
             pending, self.pending = self.pending, []
         for report in pending:
-            report(None, None)
+            report(self.delivery_error, None)
         return len(pending)
 
     def flush(self, timeout: float = 0) -> int:
@@ -350,3 +351,32 @@ async def test_retriable_abort_is_retried_until_it_works() -> None:
     fetch.cancel()
     assert client.names().count("abort") == 4 and not runtime.failures
     assert coordinator.stats["aborted"] == 1 and coordinator.producer.is_open
+
+
+async def test_a_failed_message_aborts_its_transaction_instead_of_being_sent_again() -> None:
+    coordinator, client, source, runtime = await started()
+    fetch = await park(coordinator, source)
+    ack = source.take(("in", 0), 0)
+    client.delivery_error = KafkaError(KafkaError._MSG_TIMED_OUT, "test")
+    await coordinator.produce("out", b"k", b"v")  # told done: a resend would repeat it
+    ack()
+    client.delivery_error = None
+    async with asyncio.timeout(5):  # the failure wakes the timer: it aborts, never commits
+        while coordinator.stats["aborted"] == 0:
+            await asyncio.sleep(0.01)
+    fetch.cancel()
+    assert "commit" not in client.names() and client.names().count("produce") == 1
+    assert source.seeks == [{("in", 0): None}] and not runtime.failures
+    assert not coordinator.producer.doomed and coordinator.producer.is_open
+
+
+async def test_offsets_that_failed_to_go_are_sent_again_before_the_commit() -> None:
+    coordinator, client, source, runtime = await started()
+    fetch = await park(coordinator, source)
+    source.take(("in", 0), 0)()
+    client.fail["send_offsets"] = [error(KafkaError._TIMED_OUT, retriable=True)]
+    assert await coordinator.commit("test")
+    fetch.cancel()
+    ending = client.names()[2:]
+    assert ending == ["send_offsets", "send_offsets", "commit", "begin"], ending
+    assert not runtime.failures and source.tracker.partition(("in", 0)).committed == 1
