@@ -169,6 +169,7 @@ class KafkaSource:
             )
         self.transactions = transactions
         self.in_callback = False
+        self._callback_metadata: Any = None
         self._seeks: dict[TP, int | None] = {}
         for name, cap in (
             ("max_in_flight_per_partition", max_in_flight_per_partition),
@@ -897,24 +898,40 @@ class KafkaSource:
         """Rebalance callback: run a coordinator step on the loop and wait for it, then
         apply the seeks back it queued (this is the consumer thread)."""
         assert self._loop is not None
+        try:  # here, on the consumer thread: never from the loop while a callback runs
+            self._callback_metadata = consumer.consumer_group_metadata()
+        except KafkaException as error:
+            log.warning("rebalance: no group metadata", error=str(error))
         self.in_callback = True
         try:
             waited = asyncio.run_coroutine_threadsafe(step, self._loop)
             waited.result(timeout=self.revoke_timeout + 60)
+        except concurrent.futures.TimeoutError:
+            # Kafka is away: the step goes on after the rebalance (the fetch loop stays
+            # parked until it ends; the next owner's offset fetch waits for our pending
+            # transaction to commit or abort, KIP-447)
+            log.warning("rebalance: the transaction step goes on after the callback")
         except Exception as error:
             log.error("rebalance: transaction step failed", error=repr(error))
             if self._runtime is not None:
                 self._runtime.fail("kafka-transactions", f"rebalance step failed: {error!r}")
         finally:
             self.in_callback = False
+            self._callback_metadata = None
         self._seek_pending(consumer)
 
     @property
     def fetching(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    def group_metadata(self) -> Any:
-        """The consumer's group metadata for ``send_offsets_to_transaction`` (KIP-447)."""
+    async def group_metadata(self) -> Any:
+        """The consumer's group metadata for ``send_offsets_to_transaction`` (KIP-447),
+        read on the consumer thread (from the loop it can deadlock with a callback)."""
+        if self.in_callback and self._callback_metadata is not None:
+            return self._callback_metadata
+        return await self._call(self._read_group_metadata)
+
+    def _read_group_metadata(self) -> Any:
         assert self._consumer is not None
         return self._consumer.consumer_group_metadata()
 

@@ -102,8 +102,8 @@ class Participant(Protocol):
     def fetching(self) -> bool:
         """Its fetch loop runs (a stopped source needs no parking)."""
 
-    def group_metadata(self) -> Any:
-        """The consumer's ``consumer_group_metadata()`` (any thread)."""
+    async def group_metadata(self) -> Any:
+        """The consumer's ``consumer_group_metadata()``, read on its own thread."""
 
     def taken(self) -> int:
         """Inputs taken so far (a counter)."""
@@ -348,7 +348,9 @@ class TransactionCoordinator:
         reason: str,
         callback: Participant | None,
     ) -> bool:
-        with_metadata = [(positions, s.group_metadata()) for positions, s in offsets if positions]
+        with_metadata = [
+            (positions, await s.group_metadata()) for positions, s in offsets if positions
+        ]
         try:
             await self.producer.commit(with_metadata)
         except Exception as error:

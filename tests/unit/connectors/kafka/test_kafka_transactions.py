@@ -92,7 +92,7 @@ class FakeSource:
         self.seeks: list[dict[TP, int | None]] = []
         self.queued: dict[TP, int | None] = {}
 
-    def group_metadata(self) -> Any:
+    async def group_metadata(self) -> Any:
         return f"metadata:{self.group_id}"
 
     def taken(self) -> int:
