@@ -233,6 +233,13 @@ class TransactionalProducer:
         except BufferError:
             self._space.clear()
             return False
+        except KafkaException as error:
+            # The transaction is in an error state (librdkafka refuses every message until
+            # it is aborted): the same as a failed delivery.
+            self._failed_in_transaction(error)
+            assert self._loop is not None
+            self._loop.call_soon(delivered, None)
+            return True
         self.in_flight += 1
         self.produced_in_transaction += 1
         self._idle.clear()

@@ -64,6 +64,9 @@ class FakeClient:
 
     def produce(self, topic: str, value: Any = None, key: Any = None, **kwargs: Any) -> None:
         self.calls.append(("produce", (topic, key, value)))
+        errors = self.fail.get("produce")
+        if errors:
+            raise errors.pop(0)
         with self.lock:
             self.pending.append(kwargs["on_delivery"])
 
@@ -380,3 +383,17 @@ async def test_offsets_that_failed_to_go_are_sent_again_before_the_commit() -> N
     ending = client.names()[2:]
     assert ending == ["send_offsets", "send_offsets", "commit", "begin"], ending
     assert not runtime.failures and source.tracker.partition(("in", 0)).committed == 1
+
+
+async def test_a_refused_message_dooms_the_transaction_too() -> None:
+    coordinator, client, source, runtime = await started()
+    fetch = await park(coordinator, source)
+    ack = source.take(("in", 0), 0)
+    client.fail["produce"] = [error(KafkaError._STATE)]
+    await coordinator.produce("out", b"k", b"v")  # no raise: the abort takes care of it
+    ack()
+    async with asyncio.timeout(5):
+        while coordinator.stats["aborted"] == 0:
+            await asyncio.sleep(0.01)
+    fetch.cancel()
+    assert "commit" not in client.names() and not runtime.failures
