@@ -50,12 +50,23 @@ FENCING_CODES = frozenset(
         KafkaError._FENCED,
         KafkaError.PRODUCER_FENCED,
         KafkaError.INVALID_PRODUCER_EPOCH,
-        KafkaError.ILLEGAL_GENERATION,
-        KafkaError.UNKNOWN_MEMBER_ID,
         KafkaError.FENCED_INSTANCE_ID,
     }
 )
-"""Another worker owns our partitions now (newer producer epoch, newer group generation)."""
+"""This producer is a zombie: a newer one of its transactional id (or of its static group
+instance) exists, or the broker aborted its transaction past the timeout: stop."""
+
+GROUP_MOVED_CODES = frozenset(
+    {
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.REBALANCE_IN_PROGRESS,
+    }
+)
+"""``send_offsets_to_transaction`` with an old group generation: the group rebalanced since
+(in ordinary cooperative rebalances too, not only for zombies). The transaction cannot
+commit: it is aborted (nothing of it becomes visible) and the partitions still ours are
+rewound; partitions that moved are revoked or lost at the consumer's next poll."""
 
 ErrorKind = Literal["fenced", "fatal", "abortable", "retriable"]
 
@@ -77,6 +88,8 @@ def transaction_error_kind(error: BaseException) -> ErrorKind:
         return "fatal"
     if kafka.code() in FENCING_CODES:
         return "fenced"
+    if kafka.code() in GROUP_MOVED_CODES:
+        return "abortable"
     if kafka.fatal():
         return "fatal"
     if kafka.txn_requires_abort():

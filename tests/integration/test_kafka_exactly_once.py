@@ -10,8 +10,9 @@ the output and dead-letter topics with ``isolation.level=read_committed``.
   dead-lettered once; the at_least_once duplicates are printed beside them.
 - broker restart mid-stream: 0 lost, 0 duplicates.
 - zombie: a worker is SIGSTOPped past its session timeout, its partitions move, it is
-  SIGCONTed; its late transaction is fenced (it stops non-zero with a "fenced" line or
-  aborts on lost partitions) and read_committed shows nothing twice.
+  SIGCONTed; its late transaction is fenced: its producer was fenced (it stops non-zero
+  with a "transaction fenced" line) or its stale group generation made it abort; either
+  way read_committed shows nothing twice and nothing lost.
 
 ``make test`` runs short versions; ``HEADRACE_SOAK=long`` (``make soak``) runs the crash
 test with >= 20 SIGKILLs and >= 30,000 messages.

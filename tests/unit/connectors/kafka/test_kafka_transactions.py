@@ -183,10 +183,10 @@ def test_guarantee_names_the_choices() -> None:
 
 
 def test_error_kinds() -> None:
-    assert (
-        transaction_error_kind(error(KafkaError.ILLEGAL_GENERATION, txn_requires_abort=True))
-        == "fenced"
-    )
+    # a stale group generation comes with every cooperative rebalance: abort, not stop
+    assert transaction_error_kind(error(KafkaError.ILLEGAL_GENERATION)) == "abortable"
+    assert transaction_error_kind(error(KafkaError.UNKNOWN_MEMBER_ID)) == "abortable"
+    assert transaction_error_kind(error(KafkaError.PRODUCER_FENCED, fatal=True)) == "fenced"
     assert transaction_error_kind(error(KafkaError._FENCED, fatal=True)) == "fenced"
     assert transaction_error_kind(error(KafkaError.INVALID_PRODUCER_EPOCH)) == "fenced"
     assert transaction_error_kind(error(KafkaError._STATE, fatal=True)) == "fatal"
@@ -286,13 +286,24 @@ async def test_fencing_stops_the_worker_with_a_clear_reason() -> None:
     coordinator, client, source, runtime = await started()
     fetch = await park(coordinator, source)
     source.take(("in", 0), 0)()
-    client.fail["send_offsets"] = [error(KafkaError.ILLEGAL_GENERATION, txn_requires_abort=True)]
+    client.fail["commit"] = [error(KafkaError.PRODUCER_FENCED, fatal=True)]
     assert not await coordinator.commit("test")
     fetch.cancel()
     assert "transaction fenced" in runtime.failures["kafka-transactions"]
-    assert coordinator.stopped and "commit" not in client.names()
+    assert coordinator.stopped and "abort" not in client.names()
     assert source.tracker.partition(("in", 0)).committed is None
     assert not await coordinator.commit("again")  # nothing more after a fence
+
+
+async def test_a_stale_group_generation_aborts_and_rewinds() -> None:
+    coordinator, client, source, runtime = await started()
+    fetch = await park(coordinator, source)
+    source.take(("in", 0), 0)()
+    client.fail["send_offsets"] = [error(KafkaError.ILLEGAL_GENERATION, txn_requires_abort=True)]
+    assert not await coordinator.commit("test")
+    fetch.cancel()
+    assert "commit" not in client.names() and client.names()[-2:] == ["abort", "begin"]
+    assert source.seeks == [{("in", 0): None}] and not runtime.failures
 
 
 async def test_fatal_commit_error_stops_the_worker() -> None:
