@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint format bench bench-peers bench-keyed kafka-up kafka-down postgres-up postgres-down clean
+.PHONY: install demo test test-fast lint format bench bench-eos bench-peers bench-keyed kafka-up kafka-down postgres-up postgres-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,7 +41,8 @@ test-fast: install
 .PHONY: soak
 soak: install
 	HEADRACE_SOAK=long $(BIN)/pytest -q -s -p no:cacheprovider tests/integration/test_chaos_soak.py \
-		tests/integration/test_kafka_keyed_changelog.py
+		tests/integration/test_kafka_keyed_changelog.py \
+		tests/integration/test_kafka_exactly_once.py
 
 lint: install
 	$(BIN)/ruff check .
@@ -53,6 +54,11 @@ format: install
 
 bench: install
 	$(BIN)/python -m tests.bench.kafka_throughput $(BENCH_ARGS)
+	$(BIN)/python -m tests.bench.exactly_once $(EOS_BENCH_ARGS)
+
+# exactly_once against at_least_once: throughput ratio and p99 at two transaction intervals.
+bench-eos: install
+	$(BIN)/python -m tests.bench.exactly_once $(EOS_BENCH_ARGS)
 
 # Headrace against raw confluent-kafka, Quix Streams, Bytewax and faust-streaming on one
 # pipeline and one pre-produced topic; each peer in its own venv under .venv-bench/

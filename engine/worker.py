@@ -62,6 +62,7 @@ class Worker:
         self.sources: list[Source] = []
         self.sinks: dict[str, Sink] = {}
         self.kafka_dead_letters: Any = None
+        self.transactions: Any = None
         self._stop = asyncio.Event()
         self._signals = 0
         self.exit_code = EXIT_OK
@@ -145,6 +146,12 @@ class Worker:
             return []
         from headrace.connectors.kafka.source import KafkaSource
 
+        eos: dict[str, Any] = {}
+        if worker.guarantee == "exactly_once":
+            from headrace.engine.transactions import build_coordinator
+
+            self.transactions = build_coordinator(self.config)
+            eos = {"guarantee": "exactly_once", "transactions": self.transactions}
         return [
             KafkaSource(
                 self._kafka_settings()["bootstrap_servers"],
@@ -157,6 +164,7 @@ class Worker:
                 max_batch_events=worker.max_batch_events,
                 max_dead_letters_in_flight=worker.max_dead_letters_in_flight,
                 max_dead_letter_bytes=worker.max_dead_letter_bytes,
+                **eos,
             )
             for group, names in groups.items()
         ]
@@ -182,11 +190,16 @@ class Worker:
         used = {name for names in cfg.graph_sinks.values() for name in names}
         self.sinks = {name: self.build_sink(name, cfg.sinks[name]) for name in sorted(used)}
         self.sources = self.build_sources()
+        dead_letters = self.build_dead_letters()
+        if self.transactions is not None:
+            from headrace.engine.transactions import join_transactions
+
+            join_transactions(self.transactions, self.sinks, self.kafka_dead_letters)
         runtime = Runtime(
             graphs=list(cfg.graphs),
             accumulators=list(cfg.accumulators.values()),
             graph_sinks={g: [self.sinks[s] for s in names] for g, names in cfg.graph_sinks.items()},
-            dead_letters=self.build_dead_letters(),
+            dead_letters=dead_letters,
             sources=self.sources,
             observers=[self.metrics],
             channel_size=worker.channel_size,
@@ -343,6 +356,12 @@ class Worker:
                 await self.kafka_dead_letters.close()
             except Exception:
                 log.exception("flushing Kafka dead letters failed")
+                self.exit_code = EXIT_FAILURE
+        if self.transactions is not None:  # closed by its last source; after a failed start,
+            try:  # here (an open transaction is aborted: its inputs were not committed)
+                await self.transactions.close()
+            except Exception:
+                log.exception("closing the Kafka transactions failed")
                 self.exit_code = EXIT_FAILURE
         if self.http is not None:
             try:

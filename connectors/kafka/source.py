@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from headrace.accumulators import (
     AccumulatorInputError,
@@ -42,9 +50,11 @@ from headrace.connectors.kafka.global_table import GlobalTables, split_tables
 from headrace.connectors.kafka.keyed_changelogs import KeyedChangelogs, client_settings
 from headrace.connectors.kafka.offsets import OffsetTracker, PartitionOffsets
 from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER, ErrorLog
+from headrace.connectors.kafka.transactions import check_guarantee
 
 if TYPE_CHECKING:
     from headrace.connectors.base import SourceContext
+    from headrace.connectors.kafka.transactions import TransactionCoordinator
 
 log = structlog.get_logger("headrace.kafka")
 
@@ -149,7 +159,20 @@ class KafkaSource:
         max_batch_events: int = DEFAULT_MAX_BATCH_EVENTS,
         max_dead_letters_in_flight: int = DEFAULT_MAX_DEAD_LETTERS_IN_FLIGHT,
         max_dead_letter_bytes: int = DEFAULT_MAX_DEAD_LETTER_BYTES,
+        guarantee: str = "at_least_once",
+        transactions: TransactionCoordinator | None = None,
     ) -> None:
+        self.guarantee = check_guarantee(guarantee, "KafkaSource: guarantee")
+        if (self.guarantee == "exactly_once") != (transactions is not None):
+            raise ValueError(
+                "KafkaSource: guarantee='exactly_once' needs transactions="
+                "TransactionCoordinator(...) (the worker's transactional producer), and "
+                "transactions= needs guarantee='exactly_once'"
+            )
+        self.transactions = transactions
+        self.in_callback = False
+        self._callback_metadata: Any = None
+        self._seeks: dict[TP, int | None] = {}
         for name, cap in (
             ("max_in_flight_per_partition", max_in_flight_per_partition),
             ("max_batch_events", max_batch_events),
@@ -181,6 +204,9 @@ class KafkaSource:
             "error_cb": self._on_client_error,
             "on_commit": self._on_commit_thread,
         }
+        if transactions is not None:  # outputs of aborted transactions are never inputs
+            self.config["isolation.level"] = "read_committed"
+            transactions.attach(self)
         strategy = str(self.config["partition.assignment.strategy"])
         self._cooperative = "cooperative" in strategy
         self._strategy_given = "partition.assignment.strategy" in (consumer_config or {})
@@ -275,6 +301,8 @@ class KafkaSource:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "headrace-kafka-consumer")
         self._stopping = False
         await self._call(self._open, sorted(topics))
+        if self.transactions is not None:
+            await self.transactions.start(runtime)
         self._task = asyncio.create_task(self._fetch_loop(), name="kafka-source")
         runtime.supervise(self._task, "kafka-source")
         log.info("kafka source started", group=self.group_id, topics=sorted(topics))
@@ -344,6 +372,8 @@ class KafkaSource:
                             self.flow.applied(pauses, pauses)
                             raise
                         self.flow.applied(pauses, failed)  # failed: out until it works
+                    if self.transactions is not None:
+                        await self.transactions.gate(self)  # parked while a transaction ends
                     messages = await self._call(self._fetch, limit)
                 except KafkaException as error:
                     self.stats["errors"] += 1
@@ -357,7 +387,7 @@ class KafkaSource:
                     await self._handle(messages)
                 if self.flow.paused:
                     self._try_resume()
-                if self.commits.due():
+                if self.transactions is None and self.commits.due():
                     await self._commit(asynchronous=True)
         except Exception:
             self.stats["errors"] += 1
@@ -736,12 +766,14 @@ class KafkaSource:
         tps = [(p.topic, p.partition) for p in partitions]
         offsets: dict[TP, int] = {}
         assert self._loop is not None
+        if self.transactions is not None:  # commit the open transaction before they go
+            self._in_transaction_callback(consumer, self.transactions.commit("revoke", self))
         try:
             waited = asyncio.run_coroutine_threadsafe(self._revoke_on_loop(tps), self._loop)
             offsets = waited.result(timeout=self.revoke_timeout + 30)
         except (RuntimeError, concurrent.futures.TimeoutError) as error:
             log.warning("revoke: could not reach the event loop", error=repr(error))
-        if offsets:
+        if offsets and self.transactions is None:
             self._commit_sync(consumer, offsets)
         self._on_loop(self._drop_on_loop, tps)
         self._resume_now(consumer, tps, "revoke")  # never hand a paused partition back
@@ -777,6 +809,8 @@ class KafkaSource:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
+        if self.transactions is not None:  # their outputs may be someone else's now: abort
+            self._in_transaction_callback(consumer, self.transactions.abort("lost", self, tps))
         self._on_loop(self._lost_on_loop, tps)
         self._resume_now(consumer, tps, "lost")
         if self._cooperative:
@@ -853,7 +887,10 @@ class KafkaSource:
             return
         try:
             try:
-                await self._commit(asynchronous=False)
+                if self.transactions is not None:
+                    await self.transactions.detach(self)
+                else:
+                    await self._commit(asynchronous=False)
             except Exception as error:  # e.g. ILLEGAL_GENERATION mid-rebalance: still leave
                 self.stats["commit_failures"] += 1
                 log.warning("final commit failed", group=self.group_id, error=repr(error))
@@ -878,6 +915,12 @@ class KafkaSource:
         return {
             "type": "kafka",
             "group": self.group_id,
+            "guarantee": self.guarantee,
+            **(
+                {"transactions": self.transactions.health()}
+                if self.transactions is not None
+                else {}
+            ),
             "topics": sorted(self._routes),
             "accumulators": sorted(self.accumulators),
             "assigned": labels(self.flow.assigned),
@@ -889,3 +932,100 @@ class KafkaSource:
             **self.stats,
             "client_errors": self._errors.count,
         }
+
+    # -- exactly-once hooks (see connectors/kafka/transactions.py) -------------------------
+    def _in_transaction_callback(self, consumer: Consumer, step: Any) -> None:
+        """Rebalance callback: run a coordinator step on the loop and wait for it, then
+        apply the seeks back it queued (this is the consumer thread)."""
+        assert self._loop is not None
+        try:  # here, on the consumer thread: never from the loop while a callback runs
+            self._callback_metadata = consumer.consumer_group_metadata()
+        except KafkaException as error:
+            log.warning("rebalance: no group metadata", error=str(error))
+        self.in_callback = True
+        try:
+            waited = asyncio.run_coroutine_threadsafe(step, self._loop)
+            waited.result(timeout=self.revoke_timeout + 60)
+        except concurrent.futures.TimeoutError:
+            # Kafka is away: the step goes on after the rebalance (the fetch loop stays
+            # parked until it ends; the next owner's offset fetch waits for our pending
+            # transaction to commit or abort, KIP-447)
+            log.warning("rebalance: the transaction step goes on after the callback")
+        except Exception as error:
+            log.error("rebalance: transaction step failed", error=repr(error))
+            if self._runtime is not None:
+                self._runtime.fail("kafka-transactions", f"rebalance step failed: {error!r}")
+        finally:
+            self.in_callback = False
+            self._callback_metadata = None
+        self._seek_pending(consumer)
+
+    @property
+    def fetching(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def group_metadata(self) -> Any:
+        """The consumer's group metadata for ``send_offsets_to_transaction`` (KIP-447),
+        read on the consumer thread (from the loop it can deadlock with a callback)."""
+        if self.in_callback and self._callback_metadata is not None:
+            return self._callback_metadata
+        return await self._call(self._read_group_metadata)
+
+    def _read_group_metadata(self) -> Any:
+        assert self._consumer is not None
+        return self._consumer.consumer_group_metadata()
+
+    def taken(self) -> int:
+        return int(self.stats["messages"])
+
+    def forget_uncommitted(self, exclude: Iterable[TP] = ()) -> dict[TP, int | None]:
+        """Event loop: drop the state of partitions that took inputs since their last
+        commit and queue a seek back to it (None: the group's committed offset)."""
+        skip = set(exclude)
+        rewound: dict[TP, int | None] = {}
+        for tp in self.tracker.partitions():
+            state = self.tracker.partition(tp)
+            if tp in skip or state.last_begun < 0:
+                continue
+            if state.committed is not None and state.last_begun < state.committed:
+                continue
+            rewound[tp] = state.committed  # type: ignore[assignment]
+        self.tracker.revoke(rewound)
+        for tp in rewound:
+            if tp in self.flow.to_pause:
+                self.flow.to_pause[tp] = None  # a backpressure seek is stale now
+        self._seeks.update(rewound)
+        return rewound
+
+    async def seek_back(self) -> None:
+        if self._seeks:
+            await self._call(self._seek_pending, self._consumer)
+
+    def _seek_pending(self, consumer: Consumer | None) -> None:
+        """Consumer thread: seek back to the last committed offsets queued for it."""
+        seeks, self._seeks = self._seeks, {}
+        if consumer is None or not seeks:
+            return
+        try:
+            assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+            seeks = {tp: offset for tp, offset in seeks.items() if tp in assigned}
+            unknown = [TopicPartition(t, p) for (t, p), offset in seeks.items() if offset is None]
+            if unknown:
+                for tp in consumer.committed(unknown, timeout=30):
+                    seeks[(tp.topic, tp.partition)] = tp.offset
+            reset = str(self.config.get("auto.offset.reset", "earliest"))
+            start = (
+                OFFSET_BEGINNING if reset in ("earliest", "smallest", "beginning") else OFFSET_END
+            )
+            for (topic, partition), offset in seeks.items():
+                target = offset if offset is not None and offset >= 0 else start
+                consumer.seek(TopicPartition(topic, partition, target))
+        except KafkaException as error:
+            log.error("seek back after an abort failed", error=str(error), seeks=str(seeks))
+            if self._runtime is not None:
+                self._runtime.fail("kafka-consumer", f"seek back after an abort failed: {error}")
+            return
+        log.info(
+            "rewound to the last committed offsets",
+            offsets=labelled({tp: o if o is not None else -1 for tp, o in seeks.items()}),
+        )

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from headrace.accumulators import AccumulatorSpec
 from headrace.engine.config.files import Issues, merge, parse_file
+from headrace.engine.config.guarantee import check_guarantee
 from headrace.engine.config.imports import ensure_on_path, import_module, resolve_ref
 from headrace.engine.config.resolve import Resolver, resolve_groups
 from headrace.engine.config.schema import ConfigError, ConfigIssue, SinkConfig, WorkerConfig
@@ -93,6 +94,7 @@ def load_config(
     )
     notices = apply_token_variable(merged, os.environ if environ is None else environ)
     check_worker(merged, needs_kafka, issues)
+    notices += check_guarantee(merged, resolver.graph_sinks, issues)
     issues.raise_if_any()
     used = resolve_groups(used, merged)
     max_depth = merged.worker.limits.max_depth

@@ -17,6 +17,8 @@ A worker loads one or more TOML files. Each file may hold any of these sections:
                           retention_results, prune_interval
     [worker.dead_letters] kafka, topic_suffix, execution_topic, state_store
     [worker.log]          format (auto|json|console), level
+    [worker] guarantee    "at_least_once" (default) or "exactly_once" (Kafka transactions)
+    [worker.transactions] max_inputs, transactional_id, barrier_timeout, strict
 
     [accumulators.NAME]   kind, topic, group, model, function, interval, flush_interval,
                           key (field name, "@message" or "module:function"), ...
@@ -293,6 +295,20 @@ class DeadLettersConfig(Model):
     state_store: bool = True
 
 
+class TransactionsConfig(Model):
+    """Exactly-once settings (used with ``[worker] guarantee = "exactly_once"``)."""
+
+    max_inputs: int = Field(10_000, ge=1)
+    """A transaction commits after this many inputs, or after ``commit_interval``."""
+    transactional_id: NonEmpty | None = None
+    """Unique per live worker instance; default ``headrace-<group>-<host>-<pid>``. A stable
+    id per worker slot fences the slot's previous incarnation at once on restart."""
+    barrier_timeout: Duration = 10.0
+    """How long ending a transaction waits for the inputs in flight to be handled."""
+    strict: bool = False
+    """Refuse to start when a sink or dead-letter destination cannot join the transaction."""
+
+
 class LimitsConfig(Model):
     """One depth and size limit for values: the push parser (HTTP bodies and WebSocket
     frames), the accumulators' validation, the state store and sinks all use it."""
@@ -325,6 +341,8 @@ class WorkerConfig(Model):
     max_dead_letters_in_flight: int = Field(1_000, ge=1)
     max_dead_letter_bytes: int = Field(64 * 1024 * 1024, ge=1)
     drain_timeout: Duration = 30.0
+    guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    transactions: TransactionsConfig = Field(default_factory=TransactionsConfig)
     kafka: KafkaSettings = Field(default_factory=dict)
     consumer: KafkaSettings = Field(default_factory=dict)
     producer: KafkaSettings = Field(default_factory=dict)

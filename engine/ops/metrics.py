@@ -333,6 +333,50 @@ class _RuntimeCollector(Collector):
             committed.add_metric([topic, partition], offset)
         yield from (lag, committed, partition_paused, source_commits, commit_failures)
         yield commit_family
+        yield from transaction_metrics(runtime)
+
+
+def transaction_metrics(runtime: Runtime) -> Iterator[Metric]:
+    """Exactly-once transactions (one coordinator per worker, seen through its sources)."""
+    families = {
+        "committed": CounterMetricFamily(
+            "headrace_transactions_committed", "Kafka transactions committed.", labels=["id"]
+        ),
+        "aborted": CounterMetricFamily(
+            "headrace_transactions_aborted", "Kafka transactions aborted.", labels=["id"]
+        ),
+        "last_duration": GaugeMetricFamily(
+            "headrace_transaction_duration_seconds",
+            "How long the last committed transaction was open.",
+            labels=["id"],
+        ),
+        "last_records": GaugeMetricFamily(
+            "headrace_transaction_records",
+            "Records (outputs, dead letters, other writes) in the last committed transaction.",
+            labels=["id"],
+        ),
+        "records_per_transaction": GaugeMetricFamily(
+            "headrace_transaction_records_average",
+            "Records per committed transaction, on average.",
+            labels=["id"],
+        ),
+    }
+    seen: set[str] = set()
+    for source in runtime.sources:
+        try:
+            health = source.health().get("transactions")
+        except Exception:
+            continue  # logged by the source metrics of the same scrape
+        if not isinstance(health, Mapping):
+            continue
+        name = str(health.get("producer", {}).get("transactional_id", "?"))
+        if name in seen:
+            continue
+        seen.add(name)
+        for key, family in families.items():
+            if isinstance(health.get(key), int | float):
+                family.add_metric([name], health[key])
+    yield from families.values()
 
 
 def source_partitions(health: Mapping[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:

@@ -1,0 +1,624 @@
+"""Exactly-once Kafka to Kafka: one transaction carries outputs, dead letters and offsets.
+
+A ``TransactionCoordinator`` owns the worker's one ``TransactionalProducer``. Kafka sinks
+and Kafka dead letters ``join`` it (their producer is replaced by a view of the shared
+one); other writers produce inside the open transaction with ``produce``. The Kafka
+sources (``guarantee="exactly_once"``) read with ``isolation.level=read_committed``, never
+commit offsets themselves, and park at ``gate`` whenever a transaction ends.
+
+Ending a transaction is a barrier: the sources stop fetching, every taken input is
+handled (its outputs are in the transaction), then the input positions go in with
+``send_offsets_to_transaction`` (the consumer's group metadata, KIP-447) and the
+transaction commits; the next one begins at once. Commits happen every
+``commit_interval`` seconds or after ``max_inputs`` inputs, on revoke (synchronously,
+before the partitions go) and on close. On lost partitions, or an abortable error, the
+transaction is aborted and every partition is rewound to its last committed offset, its
+in-flight state dropped (``add_abort_listener`` tells other holders of state). Fencing
+(another worker owns the partitions now) and fatal errors stop the worker non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import structlog
+from confluent_kafka import KafkaError
+
+from headrace.connectors.kafka.flow import labelled
+from headrace.connectors.kafka.offsets import OffsetTracker
+from headrace.connectors.kafka.producer import Delivered, kafka_error
+from headrace.connectors.kafka.transactional_producer import TransactionalProducer
+
+if TYPE_CHECKING:
+    from headrace.engine.runtime import Runtime
+
+log = structlog.get_logger("headrace.kafka.transactions")
+
+TP = tuple[str, int]
+Guarantee = Literal["at_least_once", "exactly_once"]
+GUARANTEES: tuple[str, ...] = ("at_least_once", "exactly_once")
+COMPONENT = "kafka-transactions"
+
+FENCING_CODES = frozenset(
+    {
+        KafkaError._FENCED,
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.FENCED_INSTANCE_ID,
+    }
+)
+"""This producer is a zombie: a newer one of its transactional id (or of its static group
+instance) exists, or the broker aborted its transaction past the timeout: stop."""
+
+GROUP_MOVED_CODES = frozenset(
+    {
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.REBALANCE_IN_PROGRESS,
+    }
+)
+"""``send_offsets_to_transaction`` with an old group generation: the group rebalanced since
+(in ordinary cooperative rebalances too, not only for zombies). The transaction cannot
+commit: it is aborted (nothing of it becomes visible) and the partitions still ours are
+rewound; partitions that moved are revoked or lost at the consumer's next poll."""
+
+ErrorKind = Literal["fenced", "fatal", "abortable", "retriable"]
+
+
+def check_guarantee(value: object, where: str = "guarantee") -> Guarantee:
+    """``value`` if it names a guarantee, else a ``ValueError`` naming ``where``."""
+    if value not in GUARANTEES:
+        raise ValueError(
+            f"{where} must be 'at_least_once' (the default) or 'exactly_once', got {value!r}"
+        )
+    return value  # type: ignore[return-value]
+
+
+def transaction_error_kind(error: BaseException) -> ErrorKind:
+    """What to do about a transactional call's error: stop (``fenced``/``fatal``), abort
+    and rewind (``abortable``), or call again (``retriable``)."""
+    kafka = kafka_error(error)
+    if kafka is None:
+        return "fatal"
+    if kafka.code() in FENCING_CODES:
+        return "fenced"
+    if kafka.code() in GROUP_MOVED_CODES:
+        return "abortable"
+    if kafka.fatal():
+        return "fatal"
+    if kafka.txn_requires_abort():
+        return "abortable"
+    if kafka.retriable():
+        return "retriable"
+    return "fatal"
+
+
+def default_transactional_id(group_id: str) -> str:
+    """Unique per worker instance (KIP-447 needs no more): group, host and process id."""
+    return f"headrace-{group_id}-{socket.gethostname()}-{os.getpid()}"
+
+
+class Participant(Protocol):
+    """A Kafka source as the coordinator sees it (``KafkaSource`` under exactly_once)."""
+
+    group_id: str
+    tracker: OffsetTracker
+    in_callback: bool
+
+    @property
+    def fetching(self) -> bool:
+        """Its fetch loop runs (a stopped source needs no parking)."""
+
+    async def group_metadata(self) -> Any:
+        """The consumer's ``consumer_group_metadata()``, read on its own thread."""
+
+    def taken(self) -> int:
+        """Inputs taken so far (a counter)."""
+
+    def forget_uncommitted(self, exclude: Iterable[TP] = ()) -> dict[TP, int | None]:
+        """Drop the in-flight state of partitions that took inputs since their last commit;
+        returns them with that offset (None: ask the broker) to seek back to."""
+
+    async def seek_back(self) -> None:
+        """Apply the seeks ``forget_uncommitted`` queued (consumer thread)."""
+
+
+class TransactionStopped(RuntimeError):
+    """The coordinator stopped the worker (fenced or fatal); nothing more is committed."""
+
+
+class TransactionCoordinator:
+    """Begins, fills, commits and aborts the worker's transactions (see the module doc)."""
+
+    def __init__(
+        self,
+        producer: TransactionalProducer,
+        *,
+        commit_interval: float = 1.0,
+        max_inputs: int = 10_000,
+        barrier_timeout: float = 10.0,
+        max_retries: int = 5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not commit_interval > 0:
+            raise ValueError(f"commit_interval must be > 0 seconds, got {commit_interval!r}")
+        if not isinstance(max_inputs, int) or max_inputs < 1:
+            raise ValueError(f"max_inputs must be an integer >= 1, got {max_inputs!r}")
+        self.producer = producer
+        producer.on_doomed = self._wake_now  # a failed message: end (abort) it soon
+        self.commit_interval = commit_interval
+        self.max_inputs = max_inputs
+        self.barrier_timeout = barrier_timeout
+        self.max_retries = max_retries
+        self.clock = clock
+        self.sources: list[Participant] = []
+        self.runtime: Runtime | None = None
+        self.stopped = False
+        self._lock = asyncio.Lock()
+        self._hold = False
+        self._released = asyncio.Event()
+        self._released.set()
+        self._parked: set[int] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._started: asyncio.Future[None] | None = None
+        self._opened_at = clock()
+        self._taken_at_commit: dict[int, int] = {}
+        self._abort_listeners: list[Callable[[list[TP]], None]] = []
+        self.stats: dict[str, Any] = {
+            "committed": 0,
+            "aborted": 0,
+            "retries": 0,
+            "barrier_timeouts": 0,
+            "records": 0,
+            "inputs": 0,
+            "last_duration": None,
+            "max_duration": 0.0,
+            "total_duration": 0.0,
+            "last_records": 0,
+            "max_records": 0,
+        }
+
+    # -- wiring ------------------------------------------------------------------------
+    def attach(self, source: Participant) -> None:
+        if source not in self.sources:
+            self.sources.append(source)
+
+    def join(self, part: Any, name: str) -> None:
+        """Make a Kafka sink or Kafka dead-letter sink (anything with a ``producer``
+        attribute) produce inside the transactions."""
+        part.producer = TransactionalView(self, name)
+
+    def add_abort_listener(self, listener: Callable[[list[TP]], None]) -> None:
+        """``listener(partitions)`` runs on the loop after an abort rewound ``partitions``
+        (keyed caches reload from their changelog, say)."""
+        self._abort_listeners.append(listener)
+
+    async def start(self, runtime: Runtime | None = None) -> None:
+        """Open the producer (fences older instances of its id) and start the commit timer;
+        idempotent (every attached source calls it)."""
+        if runtime is not None and self.runtime is None:
+            self.runtime = runtime
+        if self._started is not None:
+            await asyncio.shield(self._started)
+            return
+        self._started = asyncio.get_running_loop().create_future()
+        try:
+            await self.producer.start()
+        except BaseException as error:
+            self._started.set_exception(error)
+            self._started.exception()  # retrieved: others see it through shield
+            raise
+        self._started.set_result(None)
+        self._opened_at = self.clock()
+        self._task = asyncio.create_task(self._timer(), name=COMPONENT)
+        if self.runtime is not None:
+            self.runtime.supervise(self._task, COMPONENT)
+        log.info(
+            "exactly-once transactions started",
+            transactional_id=self.producer.transactional_id,
+            commit_interval=self.commit_interval,
+            max_inputs=self.max_inputs,
+        )
+
+    # -- producing (the hook for other writers) -----------------------------------------
+    def produce_nowait(
+        self,
+        topic: str,
+        key: bytes | str | None,
+        value: bytes | None,
+        delivered: Delivered,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> bool:
+        """Produce inside the open transaction; False: none open or full (use ``produce``)."""
+        return self.producer.produce_nowait(topic, value, key, headers, delivered, partition)
+
+    async def produce(
+        self,
+        topic: str,
+        key: bytes | str | None,
+        value: bytes | None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Produce inside the open transaction; returns once the broker has the message.
+        It commits (or aborts) with the inputs being handled now."""
+        await self.producer.produce(topic, value, key, headers, partition)
+
+    # -- the sources' side ---------------------------------------------------------------
+    async def gate(self, source: Participant) -> None:
+        """Awaited by a source before each fetch: parks it while a transaction ends, and
+        asks for a commit once ``max_inputs`` inputs were taken."""
+        if self._hold:
+            self._parked.add(id(source))
+            try:
+                while self._hold:
+                    await self._released.wait()
+            finally:
+                self._parked.discard(id(source))
+        if self.inputs_since_commit() >= self.max_inputs:
+            self._wake.set()
+
+    def inputs_since_commit(self) -> int:
+        return sum(s.taken() - self._taken_at_commit.get(id(s), 0) for s in self.sources)
+
+    def in_flight(self) -> int:
+        return sum(s.tracker.in_flight() for s in self.sources)
+
+    def _quiet(self, callback: Participant | None) -> bool:
+        return (
+            all(
+                id(s) in self._parked or s.in_callback or not s.fetching or s is callback
+                for s in self.sources
+            )
+            and not self.in_flight()
+        )
+
+    async def _barrier(self, callback: Participant | None) -> bool:
+        """Hold the sources and wait until every taken input is handled; False on timeout."""
+        self._hold = True
+        self._released.clear()
+        deadline = self.clock() + self.barrier_timeout
+        while not self._quiet(callback):
+            if self.clock() >= deadline or self._failed():
+                return False
+            await asyncio.sleep(0.002)
+        return await self.producer.drain(max(0.0, deadline - self.clock()))
+
+    def _release(self) -> None:
+        self._hold = False
+        self._released.set()
+
+    def _failed(self) -> bool:
+        return self.runtime is not None and bool(self.runtime.supervisor.failed)
+
+    def _wake_now(self) -> None:
+        self._wake.set()
+
+    # -- committing ----------------------------------------------------------------------
+    async def _timer(self) -> None:
+        """Commit every ``commit_interval`` or once ``max_inputs`` inputs were taken."""
+        while not self.stopped:
+            due = self._opened_at + self.commit_interval - self.clock()
+            if (
+                due > 0
+                and self.inputs_since_commit() < self.max_inputs
+                and not self.producer.doomed
+            ):
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), due)
+                continue
+            await self.commit("interval")
+
+    async def commit(self, reason: str, callback: Participant | None = None) -> bool:
+        """End the open transaction with the positions of every handled input.
+
+        ``callback``: the source calling from inside a rebalance callback (its consumer
+        thread waits for this; it is not parked). Returns whether it committed.
+        """
+        async with self._lock:
+            if self.stopped or not self.producer.is_open:
+                return False
+            started = self.clock()
+            try:
+                settled = await self._barrier(callback)
+                if not settled:
+                    self.stats["barrier_timeouts"] += 1
+                    log.warning(
+                        "transaction commits with inputs still in flight: their outputs may "
+                        "repeat after a crash (a reactor holds values, or a sink is stuck)",
+                        reason=reason,
+                        in_flight=self.in_flight(),
+                        barrier_timeout=self.barrier_timeout,
+                    )
+                if self.producer.doomed:
+                    await self._abort(f"{reason}: a message of the transaction failed", callback)
+                    return False
+                offsets = [(s.tracker.committable(), s) for s in self.sources]
+                records = self.producer.produced_in_transaction
+                if not records and not any(positions for positions, _ in offsets):
+                    self._opened_at = self.clock()
+                    self._mark_taken()
+                    return True
+                committed = await self._end(offsets, reason, callback)
+                if committed:
+                    self._record(started, records, offsets)
+                return committed
+            finally:
+                self._release()
+
+    async def _end(
+        self,
+        offsets: list[tuple[dict[TP, int], Participant]],
+        reason: str,
+        callback: Participant | None,
+    ) -> bool:
+        with_metadata = [
+            (positions, await s.group_metadata()) for positions, s in offsets if positions
+        ]
+        try:
+            await self.producer.commit(with_metadata)
+        except Exception as error:
+            if not await self._after_commit_error(error, reason, callback, with_metadata):
+                return False
+        for positions, source in offsets:
+            source.tracker.mark_committed(positions)  # type: ignore[arg-type]
+        await self.producer.begin()
+        return True
+
+    async def _after_commit_error(
+        self,
+        error: BaseException,
+        reason: str,
+        callback: Participant | None,
+        offsets: list[tuple[dict[TP, int], Any]],
+    ) -> bool:
+        """Retry a retriable commit; abort and rewind an abortable one; stop otherwise.
+        True when the commit went through after all."""
+        kind = transaction_error_kind(error)
+        for _ in range(self.max_retries):
+            if kind != "retriable":
+                break
+            self.stats["retries"] += 1
+            log.warning("transaction commit failed; retrying", reason=reason, error=str(error))
+            await asyncio.sleep(0.1)
+            try:
+                await self.producer.retry_commit(offsets)
+                return True
+            except Exception as again:
+                error, kind = again, transaction_error_kind(again)
+        if kind == "abortable" or kind == "retriable":
+            log.warning("transaction commit failed; aborting", reason=reason, error=str(error))
+            await self._abort(f"commit failed: {error}", callback)
+            return False
+        self._stop(kind, error, reason)
+        return False
+
+    def _stop(self, kind: str, error: BaseException, reason: str) -> None:
+        self.stopped = True
+        self._release()
+        if kind == "fenced":
+            message = (
+                "transaction fenced: another worker owns these partitions now (newer group "
+                f"generation or producer epoch); stopping this worker: {error}"
+            )
+        else:
+            message = f"transaction failed for good ({kind}); stopping this worker: {error}"
+        log.error(message, reason=reason, transactional_id=self.producer.transactional_id)
+        if self.runtime is not None:
+            self.runtime.fail(COMPONENT, message)
+
+    def _mark_taken(self) -> None:
+        self._taken_at_commit = {id(s): s.taken() for s in self.sources}
+
+    def _record(
+        self, started: float, records: int, offsets: list[tuple[dict[TP, int], Participant]]
+    ) -> None:
+        now = self.clock()
+        duration = now - self._opened_at
+        inputs = self.inputs_since_commit()
+        stats = self.stats
+        stats["committed"] += 1
+        stats["records"] += records
+        stats["inputs"] += inputs
+        stats["last_duration"] = duration
+        stats["max_duration"] = max(stats["max_duration"], duration)
+        stats["total_duration"] += duration
+        stats["last_records"] = records
+        stats["max_records"] = max(stats["max_records"], records)
+        stats["last_commit_seconds"] = now - started
+        self._opened_at = now
+        self._mark_taken()
+        log.debug(
+            "transaction committed",
+            records=records,
+            inputs=inputs,
+            offsets=[labelled(positions) for positions, _ in offsets if positions],
+        )
+
+    # -- aborting ------------------------------------------------------------------------
+    async def abort(
+        self, reason: str, callback: Participant | None = None, exclude: Iterable[TP] = ()
+    ) -> None:
+        """Abort the open transaction and rewind every partition (but ``exclude``)."""
+        async with self._lock:
+            if self.stopped or not self.producer.started:
+                return
+            try:
+                await self._abort(reason, callback, exclude)
+            finally:
+                self._release()
+
+    async def _abort(
+        self, reason: str, callback: Participant | None, exclude: Iterable[TP] = ()
+    ) -> None:
+        """Discard what is still in flight (it is consumed again), abort, rewind, begin."""
+        exclude = list(exclude)
+        self.producer.discarding = True
+        try:
+            settled = await self._barrier(callback)
+            if not settled:
+                self._stop(
+                    "fatal",
+                    RuntimeError(
+                        f"inputs still in flight {self.barrier_timeout} s after an abort began: "
+                        "their outputs cannot be discarded"
+                    ),
+                    reason,
+                )
+                return
+            if not await self._abort_until_done(reason):
+                return
+            rewound: list[TP] = []
+            for source in self.sources:
+                rewound.extend(source.forget_uncommitted(exclude))
+                if source is not callback and not source.in_callback:
+                    await source.seek_back()
+        finally:
+            self.producer.discarding = False
+        self.stats["aborted"] += 1
+        self._opened_at = self.clock()
+        self._mark_taken()
+        log.warning(
+            "transaction aborted; partitions rewound to their last commit",
+            reason=reason,
+            partitions=sorted(f"{t}[{p}]" for t, p in rewound),
+        )
+        for listener in self._abort_listeners:
+            try:
+                listener(rewound)
+            except Exception:
+                log.exception("abort listener failed")
+        await self.producer.begin()
+
+    async def _abort_until_done(self, reason: str) -> bool:
+        """``abort_transaction``, again while its errors are retriable (Kafka away: as long
+        as it takes, like deliveries); False when it failed for good (the worker stops)."""
+        delay = 0.1
+        while True:
+            try:
+                await self.producer.abort()
+                return True
+            except Exception as error:
+                kind = transaction_error_kind(error)
+                if kind != "retriable" or self._failed():
+                    self._stop(kind, error, reason)
+                    return False
+                self.stats["retries"] += 1
+                log.warning("transaction abort failed; retrying", reason=reason, error=str(error))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # -- closing -------------------------------------------------------------------------
+    async def detach(self, source: Participant) -> None:
+        """A source closes: commit what it handled; the last one closes the producer."""
+        if source not in self.sources:
+            return
+        try:
+            await self.commit("close")
+        finally:
+            with contextlib.suppress(ValueError):
+                self.sources.remove(source)
+        if not self.sources:
+            await self.close()
+
+    async def close(self) -> None:
+        self.stopped = True
+        self._release()
+        self._wake.set()
+        if self._task is not None:
+            task, self._task = self._task, None
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await task
+        await self.producer.close()
+
+    def health(self) -> dict[str, Any]:
+        stats = self.stats
+        committed = stats["committed"]
+        return {
+            **stats,
+            "average_duration": stats["total_duration"] / committed if committed else None,
+            "records_per_transaction": stats["records"] / committed if committed else None,
+            "open_records": self.producer.produced_in_transaction,
+            "producer": self.producer.health(),
+        }
+
+
+class TransactionalView:
+    """What a Kafka sink or dead-letter sink sees as its ``producer``: the shared
+    transactional producer, whose lifecycle the coordinator owns."""
+
+    def __init__(self, coordinator: TransactionCoordinator, name: str) -> None:
+        self.coordinator = coordinator
+        self.name = name
+        self.on_fatal: Callable[[Any], None] | None = None
+        self.produced = 0
+
+    @property
+    def started(self) -> bool:
+        return True
+
+    def start(self) -> None:
+        """The coordinator starts the producer (with the first source)."""
+
+    def poll_thread_alive(self) -> bool:
+        return self.coordinator.producer.poll_thread_alive()
+
+    def produce_nowait(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | str | None,
+        headers: list[tuple[str, bytes]] | None,
+        delivered: Delivered,
+    ) -> bool:
+        producer = self.coordinator.producer
+        if not producer.started:
+            return False
+        accepted = producer.produce_nowait(topic, value, key, headers, delivered)
+        self.produced += accepted
+        return accepted
+
+    async def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | str | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        producer = self.coordinator.producer
+        while not producer.started:
+            if self.coordinator.stopped:
+                raise TransactionStopped("the worker's transactions stopped")
+            await asyncio.sleep(0.05)
+        await producer.produce(topic, value, key, headers)
+        self.produced += 1
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Wait for what is in flight; the coordinator commits and closes the producer."""
+        if self.coordinator.producer.started:
+            await self.coordinator.producer.drain(timeout)
+
+    def health(self) -> dict[str, Any]:
+        return {"transactional": True, "produced": self.produced}
+
+
+__all__ = [
+    "GUARANTEES",
+    "Guarantee",
+    "Participant",
+    "TransactionCoordinator",
+    "TransactionStopped",
+    "TransactionalView",
+    "check_guarantee",
+    "default_transactional_id",
+    "transaction_error_kind",
+]
