@@ -48,8 +48,16 @@ class WorkerError(RuntimeError):
 class Worker:
     """Builds every part from a ``LoadedConfig``; ``await run()`` returns the exit code."""
 
-    def __init__(self, config: LoadedConfig, *, install_signals: bool = True) -> None:
+    def __init__(
+        self,
+        config: LoadedConfig,
+        *,
+        install_signals: bool = True,
+        packages_dir: str | None = None,
+    ) -> None:
         self.config = config
+        self.packages_dir = packages_dir
+        self.packages: Any = None
         self.install_signals = install_signals
         self.runtime: Runtime | None = None
         self.store: Any = None
@@ -191,6 +199,13 @@ class Worker:
         if self.store is not None:
             self.store.attach(runtime)
         self.runtime = runtime
+        if worker.packages.enabled:
+            from pathlib import Path
+
+            from headrace.engine.packages.worker import WorkerPackages
+
+            directory = Path(self.packages_dir) if self.packages_dir else None
+            self.packages = WorkerPackages(self, directory)
         return runtime
 
     def build_http(self) -> Any:
@@ -198,7 +213,10 @@ class Worker:
             return None
         from headrace.engine.ops.http import build_http_server
 
-        return build_http_server(self.runtime, self.config, metrics=self.metrics, store=self.store)
+        service = self.packages.service if self.packages is not None else None
+        return build_http_server(
+            self.runtime, self.config, metrics=self.metrics, store=self.store, packages=service
+        )
 
     # -- signals -------------------------------------------------------------------------
     def request_stop(self, signum: int | None = None, reason: str = "signal") -> None:
@@ -304,6 +322,8 @@ class Worker:
             if task is not None:
                 runtime.supervise(task, "http-api")
         await runtime.start()
+        if self.packages is not None:
+            await self.packages.start()
         if self.store is not None:
             restored = await self.store.restore_into(runtime)
             if restored:
@@ -317,6 +337,7 @@ class Worker:
             consumer_groups=self.config.kafka_groups(),
             http=self.http.url if self.http is not None else None,
             state_store=self.store.display_url if self.store is not None else None,
+            packages=self.packages.health() if self.packages is not None else None,
         )
         gc.freeze()  # startup objects (modules, config, wiring) are never garbage: skip them
 
@@ -333,6 +354,8 @@ class Worker:
             except Exception:
                 log.exception("drain failed")
                 self.exit_code = EXIT_FAILURE
+        if self.packages is not None:
+            await self.packages.close()
         if self.kafka_dead_letters is not None:
             try:
                 await self.kafka_dead_letters.close()
@@ -394,9 +417,9 @@ class LoggedDeadLetters:
         await self.inner.send(letter)
 
 
-def run_worker(config: LoadedConfig) -> int:
+def run_worker(config: LoadedConfig, packages_dir: str | None = None) -> int:
     """Run a worker in a new event loop; returns the process exit code."""
-    return asyncio.run(Worker(config).run())
+    return asyncio.run(Worker(config, packages_dir=packages_dir).run())
 
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_OK", "Worker", "WorkerError", "run_worker"]

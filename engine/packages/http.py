@@ -1,0 +1,86 @@
+"""``/v1/packages``: upload (the archive as the body, or multipart), list, show, delete.
+
+Mounted only when the worker has an API token and ``[worker.packages] enabled``: uploading
+a package runs its code. Upload bodies have their own limit (``max_archive_bytes``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import email.policy
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from headrace.engine.ops.http_guard import read_capped_body
+from headrace.engine.packages.reconciler import PackageInUse, UnknownPackage
+from headrace.engine.packages.service import PackageExists, PackageRejected, PackageService
+
+
+def archive_from(body: bytes, content_type: str) -> bytes:
+    """The archive: the body itself, or the first file part of a multipart form."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "multipart/form-data":
+        return body
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise PackageRejected(["multipart body without parts"])
+    for part in message.iter_parts():  # type: ignore[attr-defined]
+        if part.get_filename() or part.get_param("name", header="content-disposition") in (
+            "file",
+            "archive",
+            "package",
+        ):
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes):
+                return payload
+    raise PackageRejected(["multipart body has no file part (name it 'file')"])
+
+
+def packages_router(
+    service: PackageService, dependencies: Sequence[Any], max_bytes: int
+) -> APIRouter:
+    router = APIRouter(dependencies=list(dependencies), tags=["packages"])
+
+    @router.post("/v1/packages", status_code=201)
+    async def upload(request: Request) -> Any:
+        """Upload a package archive (NAME-VERSION.tar.gz); it loads in the background."""
+        body = await read_capped_body(request, max_bytes)
+        try:
+            data = archive_from(body, request.headers.get("content-type", ""))
+            created = await asyncio.to_thread(service.upload, data)
+        except PackageRejected as error:
+            return JSONResponse(
+                {"error": "package refused", "reasons": error.reasons}, status_code=400
+            )
+        except PackageExists as error:
+            return JSONResponse({"error": str(error)}, status_code=409)
+        return JSONResponse(created, status_code=201)
+
+    @router.get("/v1/packages")
+    async def list_packages() -> dict[str, Any]:
+        return {"packages": service.list(), **service.reconciler.health()}
+
+    @router.get("/v1/packages/{name}")
+    async def show(name: str) -> dict[str, Any]:
+        try:
+            return service.get(name)
+        except UnknownPackage as error:
+            raise HTTPException(404, str(error.args[0])) from None
+
+    @router.delete("/v1/packages/{name}")
+    async def delete(name: str) -> Any:
+        try:
+            return await service.delete(name)
+        except UnknownPackage as error:
+            raise HTTPException(404, str(error.args[0])) from None
+        except PackageInUse as error:
+            return JSONResponse(
+                {"error": str(error), "bound_graphs": error.bound_graphs}, status_code=409
+            )
+
+    return router

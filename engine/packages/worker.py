@@ -1,0 +1,76 @@
+"""Packages in the long-running worker: the reconciler and upload service it serves, the
+directory it may watch, and closing package sinks at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from headrace.engine.packages.archive import ArchiveLimits
+from headrace.engine.packages.reconciler import Reconciler, _close
+from headrace.engine.packages.service import PackageService
+
+if TYPE_CHECKING:
+    from headrace.engine.worker import Worker
+
+log = structlog.get_logger("headrace.packages")
+
+
+class WorkerPackages:
+    """What a worker with ``[worker.packages] enabled`` adds: reconciler, service, watcher."""
+
+    def __init__(self, worker: Worker, directory: Path | None = None) -> None:
+        assert worker.runtime is not None
+        settings = worker.config.worker.packages
+        self.worker = worker
+        self.reconciler = Reconciler(
+            worker.runtime,
+            build_sink=worker.build_sink,
+            worker=worker.config.worker,
+            subscriptions=None,
+        )
+        workdir = Path(settings.workdir) if settings.workdir else None
+        if workdir is not None:
+            workdir.mkdir(parents=True, exist_ok=True)
+        self.service = PackageService(
+            self.reconciler,
+            workdir,
+            ArchiveLimits(settings.max_archive_bytes, settings.max_extracted_bytes),
+        )
+        self.directory = directory
+        self.poll_interval = settings.poll_interval
+        self.watcher: Any = None
+
+    async def start(self) -> None:
+        if self.directory is not None:
+            from headrace.engine.packages.directory import DirectoryWatcher
+
+            self.watcher = DirectoryWatcher(self.service, self.directory, self.poll_interval)
+            await self.watcher.start()
+            assert self.worker.runtime is not None
+            self.worker.runtime.supervise(self.watcher.task, "packages:directory")
+        if not self.worker.config.worker.http.token and self.directory is None:
+            log.warning(
+                "packages are enabled but the upload endpoints are off: they need an API "
+                "token (HEADRACE_TOKEN), even on loopback"
+            )
+
+    def health(self) -> dict[str, Any]:
+        return self.reconciler.health()
+
+    async def close(self) -> None:
+        """Stop reconciling; close the sinks of loaded packages (after the runtime drained)."""
+        if self.watcher is not None:
+            await self.watcher.stop()
+        task = self.reconciler._task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for state in self.reconciler.packages.values():
+            if state.loaded is not None:
+                await _close(state.loaded.sinks)
