@@ -56,7 +56,7 @@ class DirectoryWatcher:
             try:
                 if path.is_file():
                     data = await asyncio.to_thread(path.read_bytes)
-                    created = await asyncio.to_thread(self.service.upload, data)
+                    created = await self.service.upload(data)
                 else:
                     created = self.service.add_directory(path)
                 self.names[path] = created["name"]

@@ -6,7 +6,6 @@ a package runs its code. Upload bodies have their own limit (``max_archive_bytes
 
 from __future__ import annotations
 
-import asyncio
 import email.parser
 import email.policy
 from collections.abc import Sequence
@@ -52,7 +51,7 @@ def packages_router(
         body = await read_capped_body(request, max_bytes)
         try:
             data = archive_from(body, request.headers.get("content-type", ""))
-            created = await asyncio.to_thread(service.upload, data)
+            created = await service.upload(data)
         except PackageRejected as error:
             return JSONResponse(
                 {"error": "package refused", "reasons": error.reasons}, status_code=400

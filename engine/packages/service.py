@@ -3,6 +3,7 @@ handed to the reconciler. Every refusal lists its reasons (``PackageRejected``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import shutil
 import tempfile
@@ -58,8 +59,8 @@ class PackageService:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="headrace-packages-"))
         self.limits = limits or ArchiveLimits()
 
-    def upload(self, data: bytes) -> dict[str, Any]:
-        """Check and queue an archive: ``{name, version, status: "pending"}``."""
+    def prepare(self, data: bytes) -> tuple[Manifest, str]:
+        """Check and extract an archive, read its manifest (blocking: run in a thread)."""
         target = self.workdir / uuid.uuid4().hex
         try:
             directory = extract(data, target, self.limits)
@@ -75,12 +76,17 @@ class PackageService:
                         "(NAME-VERSION of its package.toml)"
                     ]
                 )
-            if self.reconciler.has_version(manifest.name, manifest.version):
-                raise PackageExists(f"package {manifest.label} already exists")
-        except (PackageRejected, PackageExists):
+        except PackageRejected:
             shutil.rmtree(target, ignore_errors=True)
             raise
-        digest = hashlib.sha256(data).hexdigest()
+        return manifest, hashlib.sha256(data).hexdigest()
+
+    async def upload(self, data: bytes) -> dict[str, Any]:
+        """Check and queue an archive: ``{name, version, status: "pending"}``."""
+        manifest, digest = await asyncio.to_thread(self.prepare, data)
+        if self.reconciler.has_version(manifest.name, manifest.version):
+            shutil.rmtree(manifest.directory.parent, ignore_errors=True)
+            raise PackageExists(f"package {manifest.label} already exists")
         self.reconciler.add(manifest, digest)
         log.info("package uploaded", package=manifest.label, sha256=digest, bytes=len(data))
         return {"name": manifest.name, "version": manifest.version, "status": "pending"}
