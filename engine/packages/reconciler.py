@@ -276,7 +276,7 @@ class Reconciler:
         except ConfigError as error:
             default_registry.restore(saved)
             drop_namespace(namespace)
-            self._failed(candidate, [str(i) for i in error.issues])
+            self._failed(candidate, [str(i).replace(f"{namespace}.", "") for i in error.issues])
             return False
         except Exception as error:  # a module's import side effects, say
             default_registry.restore(saved)

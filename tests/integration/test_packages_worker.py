@@ -1,0 +1,223 @@
+"""Packages deployed into a running ``headrace run`` subprocess (SQLite and PostgreSQL
+state stores): the seeds' two-package scenario over HTTP and the CLI, the unload guard,
+bad archives that leave the worker running, and a clean SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from headrace.engine.packages.archive import pack
+from headrace.testing.worker import HeadraceWorker
+from tests.fixtures.postgres_server import libpq_url
+from tests.unit.engine.packages.helpers import MANIFEST, file_member, tar_bytes, write_package
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples" / "packages"
+TOKEN = "package-test-token"
+
+WORKER = """\
+[worker]
+group_id = "packages-test"
+
+[worker.http]
+port = "${HEADRACE_HTTP_PORT:-0}"
+token = "${HEADRACE_TOKEN}"
+
+[worker.state_store]
+url = "${HEADRACE_STATE_STORE_URL}"
+
+[worker.packages]
+max_archive_bytes = 200000
+workdir = "${PACKAGES_WORKDIR}"
+"""
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    ]
+)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    schema = f"packages_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute(f"create schema {schema}")
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture
+def worker(tmp_path: Path, store_url: str) -> Iterator[HeadraceWorker]:
+    config = tmp_path / "worker.toml"
+    config.write_text(WORKER)
+    env = {
+        "HEADRACE_TOKEN": TOKEN,
+        "HEADRACE_STATE_STORE_URL": store_url,
+        "PACKAGES_WORKDIR": str(tmp_path / "extracted"),
+    }
+    proc = HeadraceWorker([config], env=env, cwd=tmp_path, token=TOKEN)
+    try:
+        proc.ready(timeout=120)
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+
+
+def cli(*args: str, url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "headrace", "package", *args, "--url", url],
+        env={**os.environ, "HEADRACE_TOKEN": TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def call(method: str, worker: HeadraceWorker, path: str, **options: Any) -> httpx.Response:
+    return httpx.request(
+        method,
+        worker.url + path,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+        **options,
+    )
+
+
+def wait_status(
+    worker: HeadraceWorker, name: str, status: str, timeout: float = 60
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = call("GET", worker, f"/v1/packages/{name}").json()
+        if body.get("status") == status:
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} is not {status} after {timeout}s: {body}")
+        time.sleep(0.1)
+
+
+def results_of(worker: HeadraceWorker, graph: str) -> list[dict[str, Any]]:
+    return [line for line in worker.events("graph result") if line.get("graph") == graph]
+
+
+def test_two_packages_upload_bind_guard_and_unload(worker: HeadraceWorker, tmp_path: Path) -> None:
+    # no graphs yet: the worker waits for uploads
+    assert call("GET", worker, "/v1/packages").json()["waiting_for_uploads"] is True
+    publisher = pack(EXAMPLES / "pricing-publisher", "pricing-publisher", "0.1.0", tmp_path)
+    subscriber = pack(EXAMPLES / "pricing-subscriber", "pricing-subscriber", "0.1.0", tmp_path)
+    uploaded = cli("upload", str(publisher), url=worker.url)
+    assert uploaded.returncode == 0, uploaded.stderr
+    assert '"status": "pending"' in uploaded.stdout
+    wait_status(worker, "pricing-publisher", "loaded")
+    response = call("POST", worker, "/v1/packages", content=subscriber.read_bytes())
+    assert response.status_code == 201, response.text
+    loaded = wait_status(worker, "pricing-subscriber", "loaded")
+    assert loaded["declares"]["graphs"] == ["price_consumer"]
+
+    assert worker.push("raw_prices", {"symbol": "BTCUSD", "price": 42000.0}).status_code == 202
+    assert (
+        worker.push("normalized_prices", {"symbol": "BTCUSD", "price": 42210.0}).status_code == 202
+    )
+    deadline = time.monotonic() + 30
+    while not any(
+        r["outputs"] == {"publish": {"signal": 1.005}} for r in results_of(worker, "price_consumer")
+    ):
+        assert time.monotonic() < deadline, worker.output()
+        time.sleep(0.1)
+
+    refused = cli("delete", "pricing-publisher", url=worker.url)
+    assert refused.returncode == 1
+    assert '"bound_graphs": [\n    "price_consumer"\n  ]' in refused.stderr
+    assert "pricing-subscriber" in refused.stderr
+    assert cli("delete", "pricing-subscriber", url=worker.url).returncode == 0
+    assert call("DELETE", worker, "/v1/packages/pricing-publisher").status_code == 200
+    listing = cli("list", url=worker.url)
+    assert listing.returncode == 0 and '"packages": []' in listing.stdout
+    assert worker.push("raw_prices", {"price": 1.0}).status_code == 404  # its feeds are gone
+    assert worker.get("/v1/health/ready").status_code == 200
+    assert worker.stop() == 0
+
+
+def bad_archives(tmp_path: Path) -> dict[str, bytes]:
+    link = file_member("p-1.0/nodes.py", b"")[0]
+    link.type, link.linkname = b"2", "/etc/passwd"
+    return {
+        "traversal": tar_bytes(
+            [file_member("p-1.0/package.toml", MANIFEST), file_member("p-1.0/../../x.py", b"x")]
+        ),
+        "link": tar_bytes([file_member("p-1.0/package.toml", MANIFEST), (link, None)]),
+        "oversized": os.urandom(300_000),
+        "manifest": tar_bytes(
+            [file_member("p-1.0/package.toml", b'[package]\nname = "p"\nversion = "one"\n')]
+        ),
+    }
+
+
+def test_bad_packages_get_4xx_or_a_failed_status_and_the_worker_keeps_running(
+    worker: HeadraceWorker, tmp_path: Path
+) -> None:
+    expected = {
+        "traversal": (400, "p-1.0/../../x.py: path leaves the package"),
+        "link": (400, "p-1.0/nodes.py: links are not allowed (-> /etc/passwd)"),
+        "oversized": (413, "the limit is 200000 bytes"),
+        "manifest": (400, "p-1.0/package.toml: package.version: not a PEP 440 version: 'one'"),
+    }
+    for case, data in bad_archives(tmp_path).items():
+        status, reason = expected[case]
+        response = call("POST", worker, "/v1/packages", content=data)
+        assert response.status_code == status, (case, response.text)
+        assert reason in response.text, (case, response.text)
+
+    broken = write_package(
+        tmp_path,
+        "broken",
+        "1.0",
+        'modules = ["nodes"]\n##\n',
+        **{"nodes.py": "import no_such_mod\n"},
+    )
+    orphan = write_package(
+        tmp_path,
+        "orphan",
+        "1.0",
+        textwrap.dedent(
+            """
+            ##
+            [graphs.lonely]
+            reactor = "NoSuchReactor"
+            module = "nodes"
+            [graphs.lonely.topology]
+            f = { inputs = ["x"] }
+            """
+        ),
+        **{"nodes.py": "def f(x):\n    return x\n"},
+    )
+    for directory in (broken, orphan):
+        name = directory.name.split("-src-")[0]
+        archive = pack(directory, name, "1.0", tmp_path)
+        assert call("POST", worker, "/v1/packages", content=archive.read_bytes()).status_code == 201
+    failed = wait_status(worker, "broken", "failed")
+    assert failed["error"] == (
+        "broken-1.0/package.toml: modules[0]: cannot import module 'nodes': "
+        "ModuleNotFoundError: No module named 'no_such_mod'"
+    )
+    pending = wait_status(worker, "orphan", "pending")
+    assert pending["reasons"] == ["graph 'lonely': reactor 'NoSuchReactor' not loaded"]
+    assert worker.get("/v1/health/ready").status_code == 200
+    assert worker.returncode is None
+    assert worker.stop() == 0
