@@ -143,27 +143,28 @@ class Worker:
         return report
 
     def build_sources(self) -> list[Source]:
-        worker = self.config.worker
         groups = self.config.kafka_groups()
         if not groups:
             return []
+        return [self.build_source(group, names) for group, names in groups.items()]
+
+    def build_source(self, group: str, names: list[str]) -> Source:
+        """The Kafka source of consumer group ``group`` feeding accumulators ``names``."""
         from headrace.connectors.kafka.source import KafkaSource
 
-        return [
-            KafkaSource(
-                self._kafka_settings()["bootstrap_servers"],
-                group,
-                accumulators=names,
-                consumer_config=worker.consumer_config() or None,
-                commit_interval=worker.commit_interval,
-                batch_size=worker.batch_size,
-                max_in_flight_per_partition=worker.max_in_flight_per_partition,
-                max_batch_events=worker.max_batch_events,
-                max_dead_letters_in_flight=worker.max_dead_letters_in_flight,
-                max_dead_letter_bytes=worker.max_dead_letter_bytes,
-            )
-            for group, names in groups.items()
-        ]
+        worker = self.config.worker
+        return KafkaSource(
+            self._kafka_settings()["bootstrap_servers"],
+            group,
+            accumulators=names,
+            consumer_config=worker.consumer_config() or None,
+            commit_interval=worker.commit_interval,
+            batch_size=worker.batch_size,
+            max_in_flight_per_partition=worker.max_in_flight_per_partition,
+            max_batch_events=worker.max_batch_events,
+            max_dead_letters_in_flight=worker.max_dead_letters_in_flight,
+            max_dead_letter_bytes=worker.max_dead_letter_bytes,
+        )
 
     def build(self) -> Runtime:
         """Create the store, metrics, sinks, dead letters, sources and the runtime."""

@@ -351,14 +351,14 @@ class Reconciler:
             for name, spec in resolved.accumulators.items():
                 await rt.add_accumulator(spec)
                 added_acc.append(name)
-            if self.subscriptions is not None:
-                await self.subscriptions(added_acc, [])
             for name, spec in resolved.reactors.items():
                 rt.add_reactor(spec)
                 added_rx.append(name)
             for name, graph in resolved.graphs.items():
                 rt.swap_graphs(graph.reactor_name, [], [graph], per_graph)
                 bound.append((graph.reactor_name, name))
+            if self.subscriptions is not None:  # last: every value has a graph to reach
+                await self.subscriptions(added_acc, [])
         except BaseException:
             for reactor, graph in bound:
                 await rt.drain_graphs(reactor, rt.swap_graphs(reactor, [graph], []))
@@ -375,6 +375,9 @@ class Reconciler:
     async def _unload(self, loaded: Loaded) -> None:
         rt = self.runtime
         resolved = loaded.resolved
+        if self.subscriptions is not None:
+            # first: the revoke waits for in-flight values (graphs still run) and commits
+            await self.subscriptions([], list(resolved.accumulators))
         removed: list[tuple[str, list[GraphRunner]]] = []
         for name, graph in resolved.graphs.items():
             if graph.reactor_name in rt.bound:
@@ -384,8 +387,6 @@ class Reconciler:
         for name in resolved.reactors:
             if name in rt.reactors:
                 await rt.remove_reactor(name)
-        if self.subscriptions is not None:
-            await self.subscriptions([], list(resolved.accumulators))
         for name in resolved.accumulators:
             if name in rt.accumulators:
                 await rt.remove_accumulator(name)
@@ -431,10 +432,11 @@ class Reconciler:
         added_acc = [n for n in new.accumulators if n not in before.accumulators]
         for name in set(before.accumulators) & set(new.accumulators):
             rt.accumulators[name].spec = new.accumulators[name]
+        gone_acc = [n for n in before.accumulators if n not in new.accumulators]
+        if self.subscriptions is not None and gone_acc:
+            await self.subscriptions([], gone_acc)
         for name in added_acc:
             await rt.add_accumulator(new.accumulators[name])
-        if self.subscriptions is not None and added_acc:
-            await self.subscriptions(added_acc, [])
         for name, spec in new.reactors.items():
             if name not in before.reactors:
                 rt.add_reactor(spec)
@@ -456,9 +458,8 @@ class Reconciler:
         for name in before.reactors:
             if name not in new.reactors and name in rt.reactors:
                 await rt.remove_reactor(name)
-        gone_acc = [n for n in before.accumulators if n not in new.accumulators]
-        if self.subscriptions is not None and gone_acc:
-            await self.subscriptions([], gone_acc)
+        if self.subscriptions is not None and added_acc:
+            await self.subscriptions(added_acc, [])
         for name in gone_acc:
             await rt.remove_accumulator(name)
         await _close(list(old.sinks.values()))

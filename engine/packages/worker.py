@@ -31,7 +31,7 @@ class WorkerPackages:
             worker.runtime,
             build_sink=worker.build_sink,
             worker=worker.config.worker,
-            subscriptions=None,
+            subscriptions=self.subscriptions,
         )
         workdir = Path(settings.workdir) if settings.workdir else None
         if workdir is not None:
@@ -58,6 +58,39 @@ class WorkerPackages:
                 "packages are enabled but the upload endpoints are off: they need an API "
                 "token (HEADRACE_TOKEN), even on loopback"
             )
+
+    async def subscriptions(self, added: list[str], removed: list[str]) -> None:
+        """Kafka-backed accumulators of packages: feed them from (or take them out of) the
+        Kafka source of their consumer group, creating that source when it is the first."""
+        from headrace.accumulators import AccumulatorKind
+        from headrace.engine.errors import RuntimeConfigError
+
+        runtime = self.worker.runtime
+        assert runtime is not None
+        settings = self.worker.config.worker
+        kinds = (AccumulatorKind.STREAM, AccumulatorKind.BATCH)
+        sources = {getattr(s, "group_id", None): s for s in runtime.sources}
+        for source in list(runtime.sources):
+            mine = [n for n in removed if n in getattr(source, "accumulators", ())]
+            if mine:
+                await source.change_accumulators(runtime, remove=mine)  # type: ignore[attr-defined]
+        groups: dict[str, list[str]] = {}
+        for name in added:
+            spec = runtime.accumulators[name].spec
+            if spec.topic and spec.kind in kinds and spec.source_type == "kafka":
+                if not settings.bootstrap_servers:
+                    raise RuntimeConfigError(
+                        f"accumulator {name!r} reads topic {spec.topic!r}, but this worker has "
+                        "no worker.bootstrap_servers"
+                    )
+                groups.setdefault(spec.group or settings.group_id, []).append(name)
+        for group, names in groups.items():
+            source = sources.get(group)
+            if source is None:
+                source = self.worker.build_source(group, [])
+                runtime.sources.append(source)
+                self.worker.sources.append(source)
+            await source.change_accumulators(runtime, add=names)  # type: ignore[attr-defined]
 
     def health(self) -> dict[str, Any]:
         return self.reconciler.health()

@@ -221,3 +221,141 @@ def test_bad_packages_get_4xx_or_a_failed_status_and_the_worker_keeps_running(
     assert worker.get("/v1/health/ready").status_code == 200
     assert worker.returncode is None
     assert worker.stop() == 0
+
+
+# -- Kafka-sourced packages ----------------------------------------------------------------
+
+KAFKA_WORKER = """\
+[worker]
+bootstrap_servers = "${KAFKA_BOOTSTRAP_SERVERS}"
+group_id = "${GROUP}"
+commit_interval = "200ms"
+
+[worker.http]
+port = "${HEADRACE_HTTP_PORT:-0}"
+token = "${HEADRACE_TOKEN}"
+
+[worker.state_store]
+url = "sqlite:///${STATE_DB}"
+
+[accumulators.ticks]
+kind = "stream"
+topic = "${TICKS_TOPIC}"
+
+[reactors.ticks_rx]
+accumulators = ["ticks"]
+strategy = "sequential"
+
+[graphs.ticks_graph]
+reactor = "ticks_rx"
+module = "tick_nodes"
+sinks = ["log"]
+
+[graphs.ticks_graph.topology]
+seen = { inputs = ["ticks"] }
+
+[sinks.log]
+type = "log"
+"""
+
+
+def group_topics(bootstrap: str, group: str) -> set[str]:
+    """Topics assigned to the members of ``group`` now."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    described = admin.describe_consumer_groups([group])[group].result(timeout=15)
+    return {tp.topic for member in described.members for tp in member.assignment.topic_partitions}
+
+
+@pytest.mark.kafka
+def test_kafka_package_joins_and_leaves_the_group_without_disturbing_other_topics(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    from tests.fixtures.kafka_broker import (
+        committed_offsets,
+        create_topic,
+        produce_json,
+        unique_topic,
+    )
+
+    ticks = create_topic(kafka_bootstrap, unique_topic("pkg-ticks"), partitions=2)
+    books = create_topic(kafka_bootstrap, unique_topic("pkg-books"), partitions=2)
+    group = f"pkg-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "tick_nodes.py").write_text("def seen(ticks):\n    return ticks\n")
+    config = tmp_path / "worker.toml"
+    config.write_text(KAFKA_WORKER)
+    env = {
+        "HEADRACE_TOKEN": TOKEN,
+        "GROUP": group,
+        "TICKS_TOPIC": ticks,
+        "PRICE_ORDERBOOK_TOPIC": books,
+        "STATE_DB": str(tmp_path / "state.db"),
+    }
+    worker = HeadraceWorker([config], env=env, cwd=tmp_path, token=TOKEN, bootstrap=kafka_bootstrap)
+    try:
+        worker.ready(timeout=120)
+        produce_json(
+            kafka_bootstrap, ticks, [{"n": i} for i in range(20)], key=lambda v: str(v["n"])
+        )
+        wait_results(worker, "ticks_graph", 20)
+        wait_committed(kafka_bootstrap, group, ticks, 20)
+        revoked_before = len(worker.events("partitions revoked"))
+
+        archive = pack(EXAMPLES / "price-signal", "price-signal", "0.1.0", tmp_path)
+        assert call("POST", worker, "/v1/packages", content=archive.read_bytes()).status_code == 201
+        wait_status(worker, "price-signal", "loaded")
+        books_values = [
+            {"symbol": "BTC", "best_bid": 100 + i, "best_ask": 102 + i, "seq": i} for i in range(30)
+        ]
+        produce_json(kafka_bootstrap, books, books_values, key=lambda v: str(v["seq"]))
+        produce_json(
+            kafka_bootstrap, ticks, [{"n": i} for i in range(20, 30)], key=lambda v: str(v["n"])
+        )
+        wait_results(worker, "price_signal", 30)
+        wait_results(worker, "ticks_graph", 30)
+        wait_committed(kafka_bootstrap, group, books, 30)
+        wait_committed(kafka_bootstrap, group, ticks, 30)
+        # incremental: adding the topic revoked none of the ticks partitions
+        revoked = [
+            e
+            for e in worker.events("partitions revoked")[revoked_before:]
+            if any(ticks in p for p in e.get("partitions", []))
+        ]
+        assert revoked == []
+        assert group_topics(kafka_bootstrap, group) == {ticks, books}
+        results = results_of(worker, "price_signal")
+        assert sorted(r["outputs"]["signal"]["seq"] for r in results) == list(range(30))
+
+        assert call("DELETE", worker, "/v1/packages/price-signal").status_code == 200
+        deadline = time.monotonic() + 60
+        while group_topics(kafka_bootstrap, group) != {ticks}:
+            assert time.monotonic() < deadline, group_topics(kafka_bootstrap, group)
+            time.sleep(0.2)
+        assert sum(committed_offsets(kafka_bootstrap, group, books).values()) == 30
+        produce_json(
+            kafka_bootstrap, books, [{"symbol": "X", "best_bid": 1, "best_ask": 2, "seq": 99}]
+        )
+        produce_json(kafka_bootstrap, ticks, [{"n": 30}], key="30")
+        wait_results(worker, "ticks_graph", 31)  # the other topic runs on
+        assert len(results_of(worker, "price_signal")) == 30  # the deleted one does not
+        assert worker.stop() == 0
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+
+
+def wait_results(worker: HeadraceWorker, graph: str, count: int, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while len(results_of(worker, graph)) < count:
+        assert time.monotonic() < deadline, (len(results_of(worker, graph)), worker.output())
+        time.sleep(0.1)
+
+
+def wait_committed(bootstrap: str, group: str, topic: str, total: int, timeout: float = 60) -> None:
+    from tests.fixtures.kafka_broker import committed_offsets
+
+    deadline = time.monotonic() + timeout
+    while sum(committed_offsets(bootstrap, group, topic).values()) < total:
+        assert time.monotonic() < deadline, committed_offsets(bootstrap, group, topic)
+        time.sleep(0.2)
