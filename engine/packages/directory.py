@@ -56,7 +56,7 @@ class DirectoryWatcher:
             try:
                 if path.is_file():
                     data = await asyncio.to_thread(path.read_bytes)
-                    created = await self.service.upload(data)
+                    created = await self.service.upload(data, record=False)
                 else:
                     created = self.service.add_directory(path)
                 self.names[path] = created["name"]
@@ -69,7 +69,7 @@ class DirectoryWatcher:
             name = self.names.get(path)
             if name is not None and name in self.service.reconciler.packages:
                 try:
-                    await self.service.delete(name)
+                    await self.service.delete(name, record=False)
                 except PackageInUse as error:
                     log.warning("package removed from directory stays loaded", reason=str(error))
                     continue  # retried on the next pass

@@ -58,6 +58,9 @@ class PackageService:
         self.reconciler = reconciler
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="headrace-packages-"))
         self.limits = limits or ArchiveLimits()
+        self.table: Any = None
+        """A ``PackageTable`` (fleets): uploads and deletes are recorded there."""
+        self.recorded: set[str] = set()
 
     def prepare(self, data: bytes) -> tuple[Manifest, str]:
         """Check and extract an archive, read its manifest (blocking: run in a thread)."""
@@ -81,12 +84,17 @@ class PackageService:
             raise
         return manifest, hashlib.sha256(data).hexdigest()
 
-    async def upload(self, data: bytes) -> dict[str, Any]:
-        """Check and queue an archive: ``{name, version, status: "pending"}``."""
+    async def upload(self, data: bytes, *, record: bool = True) -> dict[str, Any]:
+        """Check and queue an archive: ``{name, version, status: "pending"}``; with a
+        package table (and ``record``), store it so every worker of the group loads it."""
         manifest, digest = await asyncio.to_thread(self.prepare, data)
         if self.reconciler.has_version(manifest.name, manifest.version):
             shutil.rmtree(manifest.directory.parent, ignore_errors=True)
             raise PackageExists(f"package {manifest.label} already exists")
+        if self.table is not None and record:
+            await asyncio.to_thread(self.table.put, manifest.name, manifest.version, digest, data)
+        if self.table is not None:
+            self.recorded.add(manifest.name)
         self.reconciler.add(manifest, digest)
         log.info("package uploaded", package=manifest.label, sha256=digest, bytes=len(data))
         return {"name": manifest.name, "version": manifest.version, "status": "pending"}
@@ -104,5 +112,9 @@ class PackageService:
     def get(self, name: str) -> dict[str, Any]:
         return self.reconciler.get(name).view()
 
-    async def delete(self, name: str) -> dict[str, Any]:
-        return await self.reconciler.delete(name)
+    async def delete(self, name: str, *, record: bool = True) -> dict[str, Any]:
+        deleted = await self.reconciler.delete(name)
+        if self.table is not None and record:
+            await asyncio.to_thread(self.table.remove, name)
+        self.recorded.discard(name)
+        return deleted

@@ -44,8 +44,23 @@ class WorkerPackages:
         self.directory = directory
         self.poll_interval = settings.poll_interval
         self.watcher: Any = None
+        self.fleet: Any = None
+        if worker.store is not None and directory is None:
+            from headrace.engine.store.packages_table import PackageTable
+
+            self.service.table = PackageTable(worker.store)
 
     async def start(self) -> None:
+        if self.service.table is not None:
+            from headrace.engine.packages.fleet import FleetSync
+
+            assert self.worker.store is not None and self.worker.runtime is not None
+            self.fleet = FleetSync(
+                self.service, self.service.table, self.worker.store.worker_id, self.poll_interval
+            )
+            await self.fleet.sync()  # a restarted worker loads the stored packages first
+            await self.fleet.start()
+            self.worker.runtime.supervise(self.fleet.task, "packages:fleet")
         if self.directory is not None:
             from headrace.engine.packages.directory import DirectoryWatcher
 
@@ -99,6 +114,8 @@ class WorkerPackages:
         """Stop reconciling; close the sinks of loaded packages (after the runtime drained)."""
         if self.watcher is not None:
             await self.watcher.stop()
+        if self.fleet is not None:
+            await self.fleet.stop()
         task = self.reconciler._task
         if task is not None and not task.done():
             task.cancel()
