@@ -359,3 +359,79 @@ def wait_committed(bootstrap: str, group: str, topic: str, total: int, timeout: 
     while sum(committed_offsets(bootstrap, group, topic).values()) < total:
         assert time.monotonic() < deadline, committed_offsets(bootstrap, group, topic)
         time.sleep(0.2)
+
+
+# -- fleets ------------------------------------------------------------------------------------
+
+FLEET_WORKER = WORKER.replace("[worker.packages]\n", '[worker.packages]\npoll_interval = "300ms"\n')
+
+
+@pytest.mark.postgres
+def test_two_workers_on_one_postgres_store_load_and_unload_together(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    url: str = request.getfixturevalue("postgres_url")
+    schema = f"fleet_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute(f"create schema {schema}")
+    store = f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+    config = tmp_path / "worker.toml"
+    config.write_text(FLEET_WORKER)
+    workers = []
+    try:
+        for index in range(2):
+            env = {
+                "HEADRACE_TOKEN": TOKEN,
+                "HEADRACE_STATE_STORE_URL": store,
+                "PACKAGES_WORKDIR": str(tmp_path / f"extracted-{index}"),
+            }
+            workers.append(HeadraceWorker([config], env=env, cwd=tmp_path, token=TOKEN))
+        a, b = workers
+        a.ready(timeout=120)
+        b.ready(timeout=120)
+        for example in ("pricing-publisher", "pricing-subscriber"):
+            archive = pack(EXAMPLES / example, example, "0.1.0", tmp_path)
+            assert call("POST", a, "/v1/packages", content=archive.read_bytes()).status_code == 201
+        for worker in (a, b):
+            wait_status(worker, "pricing-publisher", "loaded")
+            wait_status(worker, "pricing-subscriber", "loaded")
+        assert b.push("raw_prices", {"price": 10.0}).status_code == 202
+        assert b.push("normalized_prices", {"price": 11.0}).status_code == 202
+        deadline = time.monotonic() + 30
+        while not any(
+            r["outputs"] == {"publish": {"signal": 1.1}} for r in results_of(b, "price_consumer")
+        ):
+            assert time.monotonic() < deadline, b.output()
+            time.sleep(0.1)
+        deadline = time.monotonic() + 30
+        while True:  # health: per worker, the versions it runs
+            fleet = call("GET", a, "/v1/packages").json()["workers"]
+            running = sorted(
+                tuple(sorted((n, p["version"], p["status"]) for n, p in packages.items()))
+                for packages in fleet.values()
+            )
+            expected = [
+                (
+                    ("pricing-publisher", "0.1.0", "loaded"),
+                    ("pricing-subscriber", "0.1.0", "loaded"),
+                )
+            ] * 2
+            if running == expected:
+                break
+            assert time.monotonic() < deadline, fleet
+            time.sleep(0.2)
+        refused = call("DELETE", a, "/v1/packages/pricing-publisher")
+        assert refused.status_code == 409 and refused.json()["bound_graphs"] == ["price_consumer"]
+        assert call("DELETE", a, "/v1/packages/pricing-subscriber").status_code == 200
+        assert call("DELETE", a, "/v1/packages/pricing-publisher").status_code == 200
+        deadline = time.monotonic() + 30
+        while call("GET", b, "/v1/packages").json()["packages"]:
+            assert time.monotonic() < deadline, b.output()
+            time.sleep(0.2)
+        assert b.push("raw_prices", {"price": 1.0}).status_code == 404  # unloaded on b too
+        assert a.stop() == 0
+        assert b.stop() == 0
+    finally:
+        for worker in workers:
+            if worker.returncode is None:
+                worker.kill()
