@@ -166,6 +166,18 @@ async def test_two_packages_each_with_nodes_py_use_their_own(stack: Any, tmp_pat
     assert outputs.of("g_feed_b") == [{"out": {"n": 1, "tag": "B", "v": 2}}]
 
 
+async def test_package_modules_import_their_siblings_relatively(stack: Any, tmp_path: Path) -> None:
+    runtime, service, outputs = stack
+    directory = counter_package(tmp_path, "gamma", "1.0", "G", "feed_g", "rx_g")
+    nodes = directory / "nodes.py"
+    nodes.write_text("from .helper import TAG\n" + nodes.read_text().split("\n", 1)[1])
+    (directory / "helper.py").write_text("TAG = 'from helper'\n")
+    assert (await add(service, directory))["status"] == "loaded", service.get("gamma")
+    await runtime.push("feed_g", {"v": 7})
+    await runtime.wait_idle()
+    assert outputs.of("g_feed_g") == [{"out": {"n": 1, "tag": "from helper", "v": 7}}]
+
+
 async def test_upgrade_sees_fresh_module_state_and_keeps_the_reactor(
     stack: Any, tmp_path: Path
 ) -> None:
