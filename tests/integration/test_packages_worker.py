@@ -435,3 +435,80 @@ def test_two_workers_on_one_postgres_store_load_and_unload_together(
         for worker in workers:
             if worker.returncode is None:
                 worker.kill()
+
+
+@pytest.mark.kafka
+def test_upgrade_under_load_loses_nothing(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """Messages flow while price-signal 0.1.0 is replaced by 0.2.0: every offset reaches one
+    version's graph (0 lost); duplicates are counted and reported."""
+    import shutil
+    import threading
+
+    from tests.fixtures.kafka_broker import create_topic, produce_json, unique_topic
+
+    books = create_topic(kafka_bootstrap, unique_topic("pkg-upgrade"), partitions=3)
+    config = tmp_path / "worker.toml"
+    config.write_text(KAFKA_WORKER.split("[accumulators.ticks]")[0].replace("[sinks.log]", ""))
+    env = {
+        "HEADRACE_TOKEN": TOKEN,
+        "GROUP": f"pkg-up-{uuid.uuid4().hex[:8]}",
+        "PRICE_ORDERBOOK_TOPIC": books,
+        "STATE_DB": str(tmp_path / "state.db"),
+    }
+    v2 = tmp_path / "v2"
+    shutil.copytree(EXAMPLES / "price-signal", v2)
+    manifest = v2 / "package.toml"
+    manifest.write_text(manifest.read_text().replace('version = "0.1.0"', 'version = "0.2.0"'))
+    nodes = v2 / "nodes.py"
+    nodes.write_text(
+        nodes.read_text().replace('"spread": ask - bid,', '"spread": ask - bid, "v": 2,')
+    )
+    worker = HeadraceWorker([config], env=env, cwd=tmp_path, token=TOKEN, bootstrap=kafka_bootstrap)
+    total = 3_000
+    try:
+        worker.ready(timeout=120)
+        first = pack(EXAMPLES / "price-signal", "price-signal", "0.1.0", tmp_path)
+        assert call("POST", worker, "/v1/packages", content=first.read_bytes()).status_code == 201
+        wait_status(worker, "price-signal", "loaded")
+
+        def produce() -> None:
+            for start in range(0, total, 100):
+                values = [
+                    {"symbol": "BTC", "best_bid": 1, "best_ask": 3, "seq": i}
+                    for i in range(start, start + 100)
+                ]
+                produce_json(kafka_bootstrap, books, values, key=lambda v: str(v["seq"]))
+                time.sleep(0.05)
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        wait_results(worker, "price_signal", 300)
+        second = pack(v2, "price-signal", "0.2.0", tmp_path)
+        assert call("POST", worker, "/v1/packages", content=second.read_bytes()).status_code == 201
+        upgraded = wait_status(worker, "price-signal", "loaded")
+        assert upgraded["version"] == "0.2.0"
+        producer.join(timeout=120)
+        assert not producer.is_alive()
+        deadline = time.monotonic() + 120
+        while True:
+            seqs = [r["outputs"]["signal"]["seq"] for r in results_of(worker, "price_signal")]
+            if set(seqs) >= set(range(total)) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        lost = sorted(set(range(total)) - set(seqs))
+        duplicates = len(seqs) - len(set(seqs))
+        versions = [
+            "0.2.0" if r["outputs"]["signal"].get("v") == 2 else "0.1.0"
+            for r in results_of(worker, "price_signal")
+        ]
+        print(
+            f"upgrade under load (real broker): {total} messages, {len(seqs)} results, "
+            f"lost {len(lost)}, duplicates {duplicates}, by 0.1.0 {versions.count('0.1.0')}, "
+            f"by 0.2.0 {versions.count('0.2.0')}"
+        )
+        assert lost == [], lost[:20]
+        assert versions.count("0.1.0") >= 300 and versions.count("0.2.0") > 0
+        assert worker.stop() == 0
+    finally:
+        if worker.returncode is None:
+            worker.kill()
