@@ -14,10 +14,37 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from headrace.engine.ops.http_guard import read_capped_body
 from headrace.engine.packages.reconciler import PackageInUse, UnknownPackage
 from headrace.engine.packages.service import PackageExists, PackageRejected, PackageService
+
+
+class Created(BaseModel):
+    name: str
+    version: str
+    status: str
+
+
+class Refused(BaseModel):
+    """400: why the archive or its manifest was refused (``detail`` repeats ``error``)."""
+
+    detail: str
+    error: str | None = None
+    reasons: list[str] = []
+
+
+class InUse(BaseModel):
+    """409: a version that exists, or the guard naming the graphs still bound."""
+
+    detail: str
+    error: str
+    bound_graphs: list[str] = []
+
+
+class Problem(BaseModel):
+    detail: str
 
 
 def archive_from(body: bytes, content_type: str) -> bytes:
@@ -44,9 +71,18 @@ def archive_from(body: bytes, content_type: str) -> bytes:
 def packages_router(
     service: PackageService, dependencies: Sequence[Any], max_bytes: int
 ) -> APIRouter:
-    router = APIRouter(dependencies=list(dependencies), tags=["packages"])
+    router = APIRouter(
+        dependencies=list(dependencies),
+        tags=["packages"],
+        responses={401: {"model": Problem}, 400: {"model": Refused}},
+    )
 
-    @router.post("/v1/packages", status_code=201)
+    @router.post(
+        "/v1/packages",
+        status_code=201,
+        response_model=Created,
+        responses={409: {"model": InUse}, 413: {"model": Problem}},
+    )
     async def upload(request: Request) -> Any:
         """Upload a package archive (NAME-VERSION.tar.gz); it loads in the background."""
         body = await read_capped_body(request, max_bytes)
@@ -54,11 +90,10 @@ def packages_router(
             data = archive_from(body, request.headers.get("content-type", ""))
             created = await service.upload(data)
         except PackageRejected as error:
-            return JSONResponse(
-                {"error": "package refused", "reasons": error.reasons}, status_code=400
-            )
+            body = {"detail": "package refused", "error": "package refused"}
+            return JSONResponse({**body, "reasons": error.reasons}, status_code=400)
         except PackageExists as error:
-            return JSONResponse({"error": str(error)}, status_code=409)
+            return JSONResponse({"detail": str(error), "error": str(error)}, status_code=409)
         return JSONResponse(created, status_code=201)
 
     @router.get("/v1/packages")
@@ -69,22 +104,23 @@ def packages_router(
             body["workers"] = await asyncio.to_thread(service.table.workers)
         return body
 
-    @router.get("/v1/packages/{name}")
+    @router.get("/v1/packages/{name}", responses={404: {"model": Problem}})
     async def show(name: str) -> dict[str, Any]:
         try:
             return service.get(name)
         except UnknownPackage as error:
             raise HTTPException(404, str(error.args[0])) from None
 
-    @router.delete("/v1/packages/{name}")
+    @router.delete(
+        "/v1/packages/{name}", responses={404: {"model": Problem}, 409: {"model": InUse}}
+    )
     async def delete(name: str) -> Any:
         try:
             return await service.delete(name)
         except UnknownPackage as error:
             raise HTTPException(404, str(error.args[0])) from None
         except PackageInUse as error:
-            return JSONResponse(
-                {"error": str(error), "bound_graphs": error.bound_graphs}, status_code=409
-            )
+            body = {"detail": str(error), "error": str(error)}
+            return JSONResponse({**body, "bound_graphs": error.bound_graphs}, status_code=409)
 
     return router

@@ -82,7 +82,7 @@ async def test_upload_list_show_guard_delete(service: PackageService, tmp_path: 
             "/v1/packages", content=archive(tmp_path, "pricing-publisher"), headers=AUTH
         )
         assert again.status_code == 409
-        assert again.json() == {"error": "package pricing-publisher-0.1.0 already exists"}
+        assert again.json()["error"] == "package pricing-publisher-0.1.0 already exists"
         refused = await http.delete("/v1/packages/pricing-publisher", headers=AUTH)
         assert refused.status_code == 409
         assert refused.json()["bound_graphs"] == ["price_consumer"]
