@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(also: HEADRACE_LOG_FORMAT)",
     )
 
+    run.add_argument(
+        "--packages",
+        metavar="DIR",
+        help="watch DIR for packages (directories with package.toml, or .tar.gz archives) "
+        "and load, upgrade and unload them as DIR changes",
+    )
+
     validate = _add_command(
         commands, "validate", "check config files and report every problem", VALIDATE_HELP
     )
@@ -106,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     graphs.add_argument("--mermaid", action="store_true", help="draw Mermaid flowcharts")
     graphs.add_argument("--graph", metavar="NAME", help="show only this graph")
+    from headrace.engine.packages.cli import add_parser as add_package_parser
+
+    add_package_parser(commands)
     return parser
 
 
@@ -281,7 +291,13 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except ValueError as error:
         print(f"headrace: {error}", file=err)
         return EXIT_CONFIG
-    return run_worker(config)
+    return run_worker(config, packages_dir=args.packages)
+
+
+def cmd_package(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from headrace.engine.packages.cli import run
+
+    return run(args, out, err)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -291,7 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Before the config loads and the worker is built (seconds on a slow machine): a
         # SIGTERM then is kept and drains the worker as soon as it runs, and exits 0.
         early_signals.install()
-    command = {"run": cmd_run, "validate": cmd_validate, "graphs": cmd_graphs}[args.command]
+    command = {
+        "run": cmd_run,
+        "validate": cmd_validate,
+        "graphs": cmd_graphs,
+        "package": cmd_package,
+    }[args.command]
     try:
         return command(args, sys.stdout, sys.stderr)
     except KeyboardInterrupt:

@@ -24,6 +24,7 @@ from headrace.accumulators.clock import SYSTEM_CLOCK, Clock
 from headrace.connectors.base import Source
 from headrace.connectors.dead_letters import DeadLetter, DeadLetterSink, MemoryDeadLetters
 from headrace.connectors.sinks import Sink
+from headrace.engine.bound_graphs import BoundGraphs
 from headrace.engine.errors import GraphHalted, RuntimeConfigError
 from headrace.engine.graph.builder import ComputationGraph, ComputationGraphBuilder
 from headrace.engine.graph.registry import get_graph, registered_graphs
@@ -31,7 +32,6 @@ from headrace.engine.graph_runner import GraphRunner
 from headrace.engine.observers import Observers
 from headrace.engine.supervision import ComponentFailure, FailureListener, Supervisor, describe
 from headrace.reactors import (
-    Fire,
     KeyedReactorLoop,
     ReactorLoop,
     ReactorSpec,
@@ -82,6 +82,7 @@ class Runtime:
         self.graphs: dict[str, GraphRunner] = {}
         self.reactors: dict[str, ReactorLoop] = {}
         self.accumulators: dict[str, AccumulatorRunner] = {}
+        self.bound: dict[str, BoundGraphs] = {}
         self.started_at: float | None = None
         self.supervisor = Supervisor()
         self._running = False
@@ -163,8 +164,9 @@ class Runtime:
             ]
             self.graphs.update((r.name, r) for r in runners)
             loop_class = KeyedReactorLoop if reactor.keyed else ReactorLoop
+            self.bound[reactor.name] = BoundGraphs(runners)
             self.reactors[reactor.name] = loop_class(
-                reactor, reactor_channels, self._fire_handler(runners)
+                reactor, reactor_channels, self.bound[reactor.name]
             )
             if len(runners) == 1 and not reactor.keyed:  # sequential fires, a batch a wake-up
                 self.reactors[reactor.name].fire_many = runners[0].run_many
@@ -184,18 +186,14 @@ class Runtime:
         await self.dead_letters.send(letter)
         self.observers.on_dead_letter(letter)
 
-    @staticmethod
-    def _fire_handler(runners: list[GraphRunner]) -> Any:
-        async def handle(fire: Fire) -> None:
-            if len(runners) == 1:
-                await runners[0].run(fire)
-                return
-            outcomes = await asyncio.gather(*(r.run(fire) for r in runners), return_exceptions=True)
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    raise outcome
-
-        return handle
+    def _graph_runner(self, graph: ComputationGraph, sinks: Sequence[Sink] = ()) -> GraphRunner:
+        return GraphRunner(
+            graph,
+            self.sinks + list(sinks),
+            self.dead_letters,
+            self.observers,
+            fail=self.fail,
+        )
 
     # -- supervision -------------------------------------------------------------------
     def supervise(self, task: asyncio.Task[Any], component: str) -> None:
@@ -353,6 +351,118 @@ class Runtime:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+    # -- run-time changes (packages) -------------------------------------------------------
+    def _new_runner(self, spec: AccumulatorSpec) -> AccumulatorRunner:
+        runner = make_runner(spec, [], self.clock)
+        runner.on_delivered = self.observers.on_delivered
+        if isinstance(runner, BatchRunner):
+            runner.on_batch_failure = self._dead_letter_batch
+        return runner
+
+    async def add_accumulator(self, spec: AccumulatorSpec) -> AccumulatorRunner:
+        """Start an accumulator in the running runtime (no reactor watches it yet)."""
+        if spec.name in self.accumulators:
+            raise RuntimeConfigError(f"accumulator {spec.name!r} is already running")
+        runner = self._new_runner(spec)
+        await runner.start()
+        self.accumulators[spec.name] = runner
+        task = _task_of(runner)
+        if task is not None:
+            self.supervise(task, f"accumulator:{spec.name}")
+        return runner
+
+    def add_reactor(self, spec: ReactorSpec, graphs: Iterable[GraphRunner] = ()) -> ReactorLoop:
+        """Start a reactor over running accumulators, firing ``graphs`` (more bind later)."""
+        if spec.name in self.reactors:
+            raise RuntimeConfigError(f"reactor {spec.name!r} is already running")
+        missing = [a for a in spec.accumulators if a not in self.accumulators]
+        if missing:
+            raise RuntimeConfigError(
+                f"reactor {spec.name!r} watches accumulators that are not running: {missing}"
+            )
+        channels = {
+            name: Channel(name, self.channel_size or self.accumulators[name].spec.channel_size)
+            for name in spec.accumulators
+        }
+        bound = BoundGraphs(graphs)
+        loop = (KeyedReactorLoop if spec.keyed else ReactorLoop)(spec, channels, bound)
+        for name, channel in channels.items():
+            self.accumulators[name].channels.append(channel)
+        self.bound[spec.name] = bound
+        self.reactors[spec.name] = loop
+        for runner in bound.runners:
+            self.graphs[runner.name] = runner
+        loop.start()
+        task = _task_of(loop)
+        if task is not None:
+            self.supervisor.supervise(
+                task, f"reactor:{spec.name}", explain=partial(_reactor_error, loop)
+            )
+        return loop
+
+    def swap_graphs(
+        self,
+        reactor: str,
+        remove: Iterable[str],
+        add: Iterable[ComputationGraph],
+        sinks: Mapping[str, Sequence[Sink]] | None = None,
+    ) -> list[GraphRunner]:
+        """In one step, unbind graphs ``remove`` from ``reactor`` and bind ``add``; returns
+        the removed runners (their running fires finish: see ``drain_graphs``)."""
+        if reactor not in self.bound:
+            raise RuntimeConfigError(f"reactor {reactor!r} is not running")
+        spec = self.reactors[reactor].spec
+        added = []
+        for graph in add:
+            graph.check_reactor(spec)
+            added.append(self._graph_runner(graph, (sinks or {}).get(graph.name, ())))
+        removed = self.bound[reactor].replace(remove, added)
+        for runner in removed:
+            if self.graphs.get(runner.name) is runner:
+                del self.graphs[runner.name]
+        for runner in added:
+            self.graphs[runner.name] = runner
+        return removed
+
+    async def drain_graphs(self, reactor: str, runners: Iterable[GraphRunner]) -> None:
+        """Wait for the fires and redeliveries of removed ``runners`` to finish."""
+        bound = self.bound.get(reactor)
+        for runner in runners:
+            if bound is not None:
+                await bound.drained(runner.name)
+            pending = runner.pending()
+            if pending:
+                await asyncio.wait(pending, timeout=self.redelivery_timeout)
+
+    async def remove_reactor(self, name: str) -> None:
+        """Drain and stop a reactor with no graphs left; detach its channels."""
+        bound = self.bound.get(name)
+        if bound is not None and bound.runners:
+            raise RuntimeConfigError(f"reactor {name!r} still fires graphs {bound.names}")
+        loop = self.reactors[name]
+        task = _task_of(loop)
+        if task is not None:
+            self.supervisor.release(task)
+        await loop.stop(drain=True)
+        for acc, channel in loop.channels.items():
+            runner = self.accumulators.get(acc)
+            if runner is not None and channel in runner.channels:
+                runner.channels.remove(channel)
+        del self.reactors[name]
+        self.bound.pop(name, None)
+
+    async def remove_accumulator(self, name: str) -> None:
+        """Stop an accumulator no running reactor watches."""
+        users = [r for r, loop in self.reactors.items() if name in loop.spec.accumulators]
+        if users:
+            raise RuntimeConfigError(f"accumulator {name!r} is still watched by reactors {users}")
+        runner = self.accumulators[name]
+        task = _task_of(runner)
+        if task is not None:
+            self.supervisor.release(task)
+        await runner.stop()
+        del self.accumulators[name]
 
     # -- operations ----------------------------------------------------------------------
     def accumulator(self, name: str) -> AccumulatorRunner:

@@ -50,6 +50,7 @@ class Supervisor:
         self.stopping = False
         self._listeners: list[FailureListener] = []
         self._watched: set[int] = set()
+        self._released: set[int] = set()
         self._reported: set[str] = set()
         self.repeats = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -86,10 +87,19 @@ class Supervisor:
             self.bind(task.get_loop())
         task.add_done_callback(partial(self._task_done, component, explain))
 
+    def release(self, task: asyncio.Task[Any]) -> None:
+        """``task`` may end from now on (a part removed at run time): not a failure."""
+        self._released.add(id(task))
+
     def _task_done(
         self, component: str, explain: Callable[[], str | None] | None, task: asyncio.Task[Any]
     ) -> None:
         self._watched.discard(id(task))
+        if id(task) in self._released:
+            self._released.discard(id(task))
+            if not task.cancelled() and task.exception() is not None:
+                self.fail(component, task.exception())  # type: ignore[arg-type]
+            return
         if task.cancelled():
             if not self.stopping:
                 self.fail(component, "task cancelled while running")

@@ -52,8 +52,16 @@ class WorkerError(RuntimeError):
 class Worker:
     """Builds every part from a ``LoadedConfig``; ``await run()`` returns the exit code."""
 
-    def __init__(self, config: LoadedConfig, *, install_signals: bool = True) -> None:
+    def __init__(
+        self,
+        config: LoadedConfig,
+        *,
+        install_signals: bool = True,
+        packages_dir: str | None = None,
+    ) -> None:
         self.config = config
+        self.packages_dir = packages_dir
+        self.packages: Any = None
         self.install_signals = install_signals
         self.runtime: Runtime | None = None
         self.store: Any = None
@@ -140,34 +148,36 @@ class Worker:
         return report
 
     def build_sources(self) -> list[Source]:
-        worker = self.config.worker
         groups = self.config.kafka_groups()
         if not groups:
             return []
+        return [self.build_source(group, names) for group, names in groups.items()]
+
+    def build_source(self, group: str, names: list[str]) -> Source:
+        """The Kafka source of consumer group ``group`` feeding accumulators ``names``."""
         from headrace.connectors.kafka.source import KafkaSource
 
+        worker = self.config.worker
         eos: dict[str, Any] = {}
         if worker.guarantee == "exactly_once":
             from headrace.engine.transactions import build_coordinator
 
-            self.transactions = build_coordinator(self.config)
+            if self.transactions is None:  # one transactional producer per worker (KIP-447)
+                self.transactions = build_coordinator(self.config)
             eos = {"guarantee": "exactly_once", "transactions": self.transactions}
-        return [
-            KafkaSource(
-                self._kafka_settings()["bootstrap_servers"],
-                group,
-                accumulators=names,
-                consumer_config=worker.consumer_config() or None,
-                commit_interval=worker.commit_interval,
-                batch_size=worker.batch_size,
-                max_in_flight_per_partition=worker.max_in_flight_per_partition,
-                max_batch_events=worker.max_batch_events,
-                max_dead_letters_in_flight=worker.max_dead_letters_in_flight,
-                max_dead_letter_bytes=worker.max_dead_letter_bytes,
-                **eos,
-            )
-            for group, names in groups.items()
-        ]
+        return KafkaSource(
+            self._kafka_settings()["bootstrap_servers"],
+            group,
+            accumulators=names,
+            consumer_config=worker.consumer_config() or None,
+            commit_interval=worker.commit_interval,
+            batch_size=worker.batch_size,
+            max_in_flight_per_partition=worker.max_in_flight_per_partition,
+            max_batch_events=worker.max_batch_events,
+            max_dead_letters_in_flight=worker.max_dead_letters_in_flight,
+            max_dead_letter_bytes=worker.max_dead_letter_bytes,
+            **eos,
+        )
 
     def build(self) -> Runtime:
         """Create the store, metrics, sinks, dead letters, sources and the runtime."""
@@ -208,6 +218,13 @@ class Worker:
         if self.store is not None:
             self.store.attach(runtime)
         self.runtime = runtime
+        if worker.packages.enabled:
+            from pathlib import Path
+
+            from headrace.engine.packages.worker import WorkerPackages
+
+            directory = Path(self.packages_dir) if self.packages_dir else None
+            self.packages = WorkerPackages(self, directory)
         return runtime
 
     def build_http(self) -> Any:
@@ -215,7 +232,10 @@ class Worker:
             return None
         from headrace.engine.ops.http import build_http_server
 
-        return build_http_server(self.runtime, self.config, metrics=self.metrics, store=self.store)
+        service = self.packages.service if self.packages is not None else None
+        return build_http_server(
+            self.runtime, self.config, metrics=self.metrics, store=self.store, packages=service
+        )
 
     # -- signals -------------------------------------------------------------------------
     def request_stop(self, signum: int | None = None, reason: str = "signal") -> None:
@@ -321,6 +341,8 @@ class Worker:
             if task is not None:
                 runtime.supervise(task, "http-api")
         await runtime.start()
+        if self.packages is not None:
+            await self.packages.start()
         if self.store is not None:
             restored = await self.store.restore_into(runtime)
             if restored:
@@ -334,6 +356,7 @@ class Worker:
             consumer_groups=self.config.kafka_groups(),
             http=self.http.url if self.http is not None else None,
             state_store=self.store.display_url if self.store is not None else None,
+            packages=self.packages.health() if self.packages is not None else None,
         )
         gc.freeze()  # startup objects (modules, config, wiring) are never garbage: skip them
         gc.set_threshold(*GC_THRESHOLDS)  # per-message containers: collect gen 0 less often
@@ -351,6 +374,8 @@ class Worker:
             except Exception:
                 log.exception("drain failed")
                 self.exit_code = EXIT_FAILURE
+        if self.packages is not None:
+            await self.packages.close()
         if self.kafka_dead_letters is not None:
             try:
                 await self.kafka_dead_letters.close()
@@ -418,9 +443,9 @@ class LoggedDeadLetters:
         await self.inner.send(letter)
 
 
-def run_worker(config: LoadedConfig) -> int:
+def run_worker(config: LoadedConfig, packages_dir: str | None = None) -> int:
     """Run a worker in a new event loop; returns the process exit code."""
-    return asyncio.run(Worker(config).run())
+    return asyncio.run(Worker(config, packages_dir=packages_dir).run())
 
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_OK", "Worker", "WorkerError", "run_worker"]

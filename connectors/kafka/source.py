@@ -325,6 +325,49 @@ class KafkaSource:
             group=self.group_id,
         )
 
+    async def change_accumulators(
+        self, runtime: SourceContext, add: Iterable[str] = (), remove: Iterable[str] = ()
+    ) -> None:
+        """Feed more or fewer accumulators while running (packages loaded or unloaded).
+
+        Subscribes to the new topic set: with cooperative-sticky assignment that is an
+        incremental rebalance, so partitions of the topics that stay are neither revoked
+        nor moved and keep their offsets; partitions of dropped topics are revoked, which
+        waits for their in-flight events and commits what was handled.
+        """
+        gone = set(remove)
+        runners: dict[str, list[AccumulatorRunner]] = {}
+        for route in self._routes.values():
+            runners[route.topic] = [r for r in route.runners if r.name not in gone]
+        self._names = (self._names or frozenset(self.accumulators)) - gone | frozenset(add)
+        for name, topic_runners in self._select(runtime).items():
+            runners[name] = topic_runners
+        self._routes = {
+            topic: _Route(topic, rs, self.max_batch_events, self.dead_letter_budget)
+            for topic, rs in runners.items()
+            if rs
+        }
+        self.accumulators = frozenset(r.name for rs in runners.values() for r in rs)
+        for name in add:
+            for channel in runtime.accumulators[name].channels:
+                channel.add_space_listener(self._on_space)
+        topics = sorted(self._routes)
+        if self._consumer is None:
+            if topics and self._task is None:
+                await self.start(runtime)
+            return
+        await self._call(self._resubscribe, topics)
+        log.info("kafka source topics changed", group=self.group_id, topics=topics)
+
+    def _resubscribe(self, topics: list[str]) -> None:
+        assert self._consumer is not None
+        if topics:
+            self._consumer.subscribe(
+                topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            )
+        else:
+            self._consumer.unsubscribe()
+
     def _open(self, topics: list[str]) -> None:
         self._consumer = Consumer(self.config)
         self._consumer.subscribe(

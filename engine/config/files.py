@@ -181,6 +181,18 @@ def parse_file(
         issues.add(file, "<toml>", f"invalid TOML: {error}")
         return parsed
 
+    return parse_data(file, parsed.directory, raw, issues, environ)
+
+
+def parse_data(
+    file: str,
+    directory: Path,
+    raw: dict[str, Any],
+    issues: Issues,
+    environ: Mapping[str, str] | None = None,
+) -> ParsedFile:
+    """Check already-read TOML data of ``file`` (e.g. a package manifest's config part)."""
+    parsed = ParsedFile(file, directory)
     done = interpolate(raw, environ)
     for where, reason in done.problems:
         issues.add(file, where, reason)

@@ -327,6 +327,20 @@ class LogConfig(Model):
     ] = "info"
 
 
+class PackagesConfig(Model):
+    """Packages deployed into the running worker (``/v1/packages``, ``--packages DIR``).
+
+    The upload endpoints also need an API token: uploading a package runs its code."""
+
+    enabled: bool = True
+    workdir: NonEmpty | None = None
+    """Where uploaded archives are extracted (default: a new temporary directory)."""
+    max_archive_bytes: int = Field(16 * 1024 * 1024, ge=1)
+    max_extracted_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    poll_interval: Duration = 2.0
+    """Directory mode and fleets: how often the package source is checked for changes."""
+
+
 class WorkerConfig(Model):
     """Process-wide settings of a worker."""
 
@@ -351,6 +365,7 @@ class WorkerConfig(Model):
     dead_letters: DeadLettersConfig = Field(default_factory=DeadLettersConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    packages: PackagesConfig = Field(default_factory=PackagesConfig)
 
     def consumer_config(self) -> dict[str, Any]:
         return reveal({**self.kafka, **self.consumer})

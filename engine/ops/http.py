@@ -185,6 +185,8 @@ def create_app(
     max_websockets: int = 256,
     max_websockets_per_accumulator: int = 64,
     ticket_ttl: float = 30.0,
+    packages: Any = None,
+    packages_max_bytes: int = 16 * 1024 * 1024,
 ) -> FastAPI:
     """The operations API over ``runtime``; ``push_timeout`` bounds waits on full channels.
 
@@ -437,6 +439,10 @@ def create_app(
 
     app.include_router(reads)
     app.include_router(writes)
+    if packages is not None and token:  # uploads run code: never without a token
+        from headrace.engine.packages.http import packages_router
+
+        app.include_router(packages_router(packages, [*write_deps, known], packages_max_bytes))
     app.openapi = _with_push_schemas(app, runtime)  # type: ignore[method-assign]
     if allowed_origins:
         app.add_middleware(
@@ -697,6 +703,7 @@ def build_http_server(
     *,
     metrics: Metrics | None = None,
     store: StateStore | None = None,
+    packages: Any = None,
 ) -> HttpServer | None:
     """The worker's HTTP server from its config (``None`` when disabled); logs the notices
     found while loading the token settings."""
@@ -721,6 +728,8 @@ def build_http_server(
         limits=limits,
         max_websockets=http.max_websockets,
         max_websockets_per_accumulator=http.max_websockets_per_accumulator,
+        packages=packages if config.worker.packages.enabled else None,
+        packages_max_bytes=config.worker.packages.max_archive_bytes,
     )
     connections = ConnectionLimits(
         max_connections=http.max_connections,

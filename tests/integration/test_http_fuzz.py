@@ -103,6 +103,8 @@ def test_every_response_is_documented_and_no_5xx(
     operations = [result.ok() for result in worker_schema.get_all_operations()]
     assert len(operations) >= 17
     for operation in operations:
+        if mode is GenerationMode.POSITIVE and operation.label == "POST /v1/packages":
+            continue  # no schema describes a valid package archive: uploads have their own tests
 
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(

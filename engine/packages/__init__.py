@@ -1,0 +1,1 @@
+"""Packages: graphs deployed into a running worker (pack, upload, reconcile, unload)."""
