@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from headrace.accumulators.runners import AccumulatorRunner
     from headrace.connectors.dead_letters import DeadLetter
     from headrace.engine.observers import Observers
+    from headrace.reactors.loop import ReactorLoop
 
 
 @runtime_checkable
@@ -29,6 +30,10 @@ class SourceContext(Protocol):
     @property
     def accumulators(self) -> Mapping[str, AccumulatorRunner]:
         """The running accumulators by name."""
+
+    @property
+    def reactors(self) -> Mapping[str, ReactorLoop]:
+        """The running reactors by name (keyed ones restore their state per partition)."""
 
     @property
     def dead_letters(self) -> DeadLetterSink:

@@ -37,7 +37,7 @@ from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER, DeliveryProduc
 from headrace.reactors.keyed_loop import KeyedReactorLoop
 
 if TYPE_CHECKING:
-    from headrace.engine.runtime import Runtime
+    from headrace.connectors.base import SourceContext as Runtime
 
 log = structlog.get_logger("headrace.kafka.changelog")
 

@@ -3,12 +3,37 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from headrace.accumulators import passthrough_accumulator
 from headrace.engine import ComputationGraphBuilder
 from headrace.reactors import reactor
+
+
+@contextmanager
+def imports_restored() -> Iterator[None]:
+    """Undo what a config load adds to ``sys.path`` and ``sys.modules``: the user modules
+    it imported are forgotten. Headrace's own modules and installed libraries stay: a
+    second copy of one would redefine its state, e.g. a table on the state store's shared
+    SQLAlchemy metadata."""
+    path, modules = list(sys.path), set(sys.modules)
+    try:
+        yield
+    finally:
+        sys.path[:] = path
+        for name in set(sys.modules) - modules:
+            if not _is_library(name):
+                del sys.modules[name]
+
+
+def _is_library(name: str) -> bool:
+    if name == "headrace" or name.startswith("headrace."):
+        return True
+    file = getattr(sys.modules[name], "__file__", None) or ""
+    return file.startswith((sys.prefix, sys.base_prefix)) or not file
 
 
 def passthroughs(*names: str, channel_size: int = 1024) -> None:

@@ -22,6 +22,7 @@ from headrace.connectors import KafkaSource, MemoryDeadLetters, SourceContext
 from headrace.connectors.dead_letters import DeadLetter
 from headrace.engine import Runtime
 from headrace.engine.observers import Observers
+from headrace.reactors.loop import ReactorLoop
 from tests.unit.kafka_fakes import install
 from tests.unit.support import declare_reactor, one_node_graph, wait_until
 
@@ -36,9 +37,10 @@ class LetterLog:
 
 @dataclass
 class FakeContext:
-    """Only what ``SourceContext`` names: no graphs, reactors, sinks or HTTP."""
+    """Only what ``SourceContext`` names: no graphs, sinks or HTTP, and no reactors."""
 
     accumulators: Mapping[str, AccumulatorRunner]
+    reactors: Mapping[str, ReactorLoop] = field(default_factory=dict)
     dead_letters: MemoryDeadLetters = field(default_factory=MemoryDeadLetters)
     letter_log: LetterLog = field(default_factory=LetterLog)
     supervised: list[tuple[asyncio.Task[Any], str]] = field(default_factory=list)

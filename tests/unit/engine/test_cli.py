@@ -6,7 +6,6 @@ import io
 import json
 import logging
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 import structlog
 
 from headrace.engine.cli import EXIT_CONFIG, EXIT_OK, main
+from tests.unit.support import imports_restored
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 PRICE_SIGNAL = str(EXAMPLES / "price_signal.toml")
@@ -24,15 +24,12 @@ def _restore_logging_and_imports() -> Iterator[None]:
     """The commands configure logging on the captured streams and import modules."""
     handlers = list(logging.getLogger().handlers)
     level = logging.getLogger().level
-    path, modules = list(sys.path), set(sys.modules)
-    yield
+    with imports_restored():
+        yield
     structlog.reset_defaults()
     root = logging.getLogger()
     root.handlers[:] = handlers
     root.setLevel(level)
-    sys.path[:] = path
-    for name in set(sys.modules) - modules:
-        del sys.modules[name]
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -20,6 +20,7 @@ from headrace.engine.store.state_store import (
 )  # imported once: the autouse fixture drops new modules
 from headrace.engine.worker import Worker
 from headrace.registry import default_registry
+from tests.unit.support import imports_restored
 
 EXAMPLES = Path(__file__).resolve().parents[4] / "examples"
 
@@ -72,11 +73,8 @@ NOT_CALLABLE = 42
 @pytest.fixture(autouse=True)
 def _restore_import_state() -> Iterator[None]:
     """Modules and sys.path entries a config load adds do not outlive the test."""
-    path, modules = list(sys.path), set(sys.modules)
-    yield
-    sys.path[:] = path
-    for name in set(sys.modules) - modules:
-        del sys.modules[name]
+    with imports_restored():
+        yield
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ destination that cannot join a Kafka transaction is named (a warning, or an erro
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from headrace.engine.config.loader import load_config
 from headrace.engine.config.schema import ConfigError
 from tests.unit.engine.config.test_config import write
+from tests.unit.support import imports_restored
 
 BASE = """
 modules = ["examples.price_signal"]
@@ -34,11 +34,8 @@ type = "{second}"
 
 @pytest.fixture(autouse=True)
 def _restore_import_state() -> Iterator[None]:
-    path, modules = list(sys.path), set(sys.modules)
-    yield
-    sys.path[:] = path
-    for name in set(sys.modules) - modules:
-        del sys.modules[name]
+    with imports_restored():
+        yield
 
 
 def config_file(tmp: Path, worker: str, second: str = "log", store: str = "false") -> str:
