@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:  # the parser is built on every start: keep this module's imports light
+    from pathlib import Path
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -53,6 +54,9 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import json
+    from pathlib import Path
+
     if args.action == "pack":
         return pack(Path(args.directory), Path(args.output), out, err)
     token = os.environ.get("HEADRACE_TOKEN", "")
@@ -99,6 +103,7 @@ def _problems(reasons: list[str], err: TextIO) -> int:
 
 
 def _request(method: str, url: str, token: str, data: bytes | None = None) -> tuple[int, Any]:
+    import json
     import urllib.error
     import urllib.request
 

@@ -19,6 +19,7 @@ packages_table = sa.Table(
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("archive", sa.LargeBinary, nullable=False),
     sa.Column("uploaded_at", sa.Double, nullable=False),
+    extend_existing=True,  # the module may be imported again (tests forget modules)
 )
 
 package_workers_table = sa.Table(
@@ -30,6 +31,7 @@ package_workers_table = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("error", sa.Text),
     sa.Column("updated_at", sa.Double, nullable=False),
+    extend_existing=True,
 )
 
 
@@ -107,7 +109,6 @@ class PackageTable:
 
     def workers(self) -> dict[str, dict[str, dict[str, Any]]]:
         """worker -> package -> {version, status, error, updated_at}."""
-        t = package_workers_table.c
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(package_workers_table)).all()
         out: dict[str, dict[str, dict[str, Any]]] = {}
@@ -118,5 +119,4 @@ class PackageTable:
                 "error": r.error,
                 "updated_at": r.updated_at,
             }
-        _ = t
         return out
