@@ -316,6 +316,16 @@ class TransactionalProducer:
         # aborted messages get their reports (errors) from the poll thread: wait for them
         await self.drain(self.operation_timeout)
 
+    async def restart(self) -> None:
+        """A new client for the same transactional id (after this one was fenced: its
+        epoch is gone, e.g. the broker aborted a transaction that outlived its timeout);
+        ``init_transactions`` then takes a fresh epoch and a transaction begins."""
+        await self.close()
+        self.is_open = False
+        self.in_flight = 0
+        self._open.clear()
+        await self.start()
+
     async def close(self, timeout: float = 10.0) -> None:
         """Abort any open transaction (its inputs were not committed) and stop."""
         if self._client is None:

@@ -144,6 +144,7 @@ class TransactionCoordinator:
         max_inputs: int = 10_000,
         barrier_timeout: float = 10.0,
         max_retries: int = 5,
+        max_recoveries: int = 3,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not commit_interval > 0:
@@ -156,6 +157,9 @@ class TransactionCoordinator:
         self.max_inputs = max_inputs
         self.barrier_timeout = barrier_timeout
         self.max_retries = max_retries
+        self.max_recoveries = max_recoveries
+        """Fenced producers re-initialised per minute before a fencing stops the worker."""
+        self._recoveries: list[float] = []
         self.clock = clock
         self.sources: list[Participant] = []
         self.runtime: Runtime | None = None
@@ -175,6 +179,7 @@ class TransactionCoordinator:
             "committed": 0,
             "aborted": 0,
             "retries": 0,
+            "recoveries": 0,
             "barrier_timeouts": 0,
             "records": 0,
             "inputs": 0,
@@ -399,8 +404,81 @@ class TransactionCoordinator:
             log.warning("transaction commit failed; aborting", reason=reason, error=str(error))
             await self._abort(f"commit failed: {error}", callback)
             return False
+        if kind == "fenced":
+            await self._recover(error, reason, callback)
+            return False
         self._stop(kind, error, reason)
         return False
+
+    def _may_recover(self) -> bool:
+        """Whether a fenced producer may be re-initialised (at most ``max_recoveries`` a
+        minute); counts this one."""
+        now = self.clock()
+        self._recoveries = [t for t in self._recoveries if now - t < 60.0]
+        if len(self._recoveries) >= self.max_recoveries:
+            return False
+        self._recoveries.append(now)
+        return True
+
+    async def _recover(
+        self, error: BaseException, reason: str, callback: Participant | None
+    ) -> None:
+        """A fenced producer: its open transaction is gone. Take a fresh epoch for the same
+        transactional id and rewind every partition to its last commit, like an abort.
+
+        Safe for a real zombie too: its offsets carry an old group generation, so its next
+        commit is refused and rewound until the group gives it partitions again. A fencing
+        that keeps coming back (another live worker shares the transactional id) stops the
+        worker after ``max_recoveries`` in a minute."""
+        if not self._may_recover():
+            self._stop("fenced", error, reason)
+            return
+        log.warning(
+            "transactional producer fenced (its transaction outlived the broker's timeout, "
+            "or another instance took its id); re-initialising it and rewinding to the last "
+            "commit",
+            reason=reason,
+            error=str(error),
+            transactional_id=self.producer.transactional_id,
+        )
+        self.producer.discarding = True
+        try:
+            if not await self._barrier(callback):
+                self._stop(
+                    "fatal",
+                    RuntimeError(
+                        f"inputs still in flight {self.barrier_timeout} s after a fencing: "
+                        "their outputs cannot be discarded"
+                    ),
+                    reason,
+                )
+                return
+            try:
+                await self.producer.restart()
+            except Exception as again:
+                self._stop(transaction_error_kind(again), again, reason)
+                return
+            rewound: list[TP] = []
+            for source in self.sources:
+                rewound.extend(source.forget_uncommitted())
+                if source is not callback and not source.in_callback:
+                    await source.seek_back()
+        finally:
+            self.producer.discarding = False
+        self.stats["aborted"] += 1
+        self.stats["recoveries"] += 1
+        self._opened_at = self.clock()
+        self._mark_taken()
+        log.warning(
+            "transaction aborted; partitions rewound to their last commit",
+            reason=f"{reason}: fenced",
+            partitions=sorted(f"{t}[{p}]" for t, p in rewound),
+        )
+        for listener in self._abort_listeners:
+            try:
+                listener(rewound)
+            except Exception:
+                log.exception("abort listener failed")
 
     def _stop(self, kind: str, error: BaseException, reason: str) -> None:
         self.stopped = True
@@ -497,7 +575,8 @@ class TransactionCoordinator:
                 listener(rewound)
             except Exception:
                 log.exception("abort listener failed")
-        await self.producer.begin()
+        if not self.producer.is_open:  # a re-initialised producer has begun already
+            await self.producer.begin()
 
     async def _abort_until_done(self, reason: str) -> bool:
         """``abort_transaction``, again while its errors are retriable (Kafka away: as long
@@ -509,6 +588,20 @@ class TransactionCoordinator:
                 return True
             except Exception as error:
                 kind = transaction_error_kind(error)
+                if kind == "fenced" and self._may_recover():
+                    log.warning(
+                        "transactional producer fenced while aborting; re-initialising it",
+                        reason=reason,
+                        error=str(error),
+                        transactional_id=self.producer.transactional_id,
+                    )
+                    try:
+                        await self.producer.restart()  # its transaction is gone already
+                    except Exception as again:
+                        self._stop(transaction_error_kind(again), again, reason)
+                        return False
+                    self.stats["recoveries"] += 1
+                    return True
                 if kind != "retriable" or self._failed():
                     self._stop(kind, error, reason)
                     return False

@@ -2,8 +2,9 @@
 
 SQLite file by default, PostgreSQL (``postgresql+psycopg://...``) for fleets of workers
 sharing one store. Timestamps are Unix seconds. Tables: ``headrace_executions``,
-``headrace_dead_letters``, ``headrace_accumulator_values`` and ``headrace_results`` (graph
-outputs written by a ``state_store`` sink). To keep several deployments in
+``headrace_dead_letters``, ``headrace_accumulator_values``, ``headrace_results`` (graph
+outputs written by a ``state_store`` sink), and the packages' ``headrace_packages`` and
+``headrace_package_workers`` (``packages_table``). To keep several deployments in
 one PostgreSQL database, give each its own schema through the URL, e.g.
 ``?options=-csearch_path%3Dmyteam``.
 """
@@ -814,5 +815,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     finally:
         cursor.close()
 
+
+# The package tables live on the same metadata: every store has the whole schema, whatever
+# was imported first (imported last: the module needs ``metadata`` from here).
+from headrace.engine.store import packages_table as _packages_table  # noqa: E402, F401
 
 __all__ = ["STORED_KINDS", "StateStore", "metadata"]

@@ -282,8 +282,41 @@ async def test_outputs_while_aborting_are_discarded_not_produced() -> None:
     assert coordinator.producer.discarded == 1 and coordinator.stats["aborted"] == 1
 
 
-async def test_fencing_stops_the_worker_with_a_clear_reason() -> None:
+async def test_a_fenced_producer_is_reinitialised_and_the_partitions_rewound() -> None:
+    """A broker outage longer than the transaction timeout fences the producer (the broker
+    aborted its transaction and bumped its epoch): a fresh epoch, a rewind, and on."""
     coordinator, client, source, runtime = await started()
+    fetch = await park(coordinator, source)
+    source.take(("in", 0), 0)()
+    client.fail["commit"] = [error(KafkaError._FENCED, fatal=True)]
+    assert not await coordinator.commit("test")
+    assert client.names().count("init") == 2, client.names()
+    assert source.seeks == [{("in", 0): None}] and not runtime.failures
+    assert not coordinator.stopped and coordinator.stats["recoveries"] == 1
+    assert source.tracker.partition(("in", 0)).committed is None
+    source.take(("in", 0), 0)()  # consumed again after the rewind
+    assert await coordinator.commit("after")
+    fetch.cancel()
+    assert source.tracker.partition(("in", 0)).committed == 1
+
+
+async def test_a_fencing_that_keeps_coming_back_stops_the_worker() -> None:
+    coordinator, client, source, runtime = await started(max_recoveries=1)
+    fetch = await park(coordinator, source)
+    source.take(("in", 0), 0)()
+    client.fail["commit"] = [error(KafkaError._FENCED, fatal=True)]
+    assert not await coordinator.commit("first")  # recovered once
+    assert not runtime.failures
+    source.take(("in", 0), 0)()
+    client.fail["commit"] = [error(KafkaError._FENCED, fatal=True)]
+    assert not await coordinator.commit("second")
+    fetch.cancel()
+    assert "transaction fenced" in runtime.failures["kafka-transactions"]
+    assert coordinator.stopped
+
+
+async def test_fencing_stops_the_worker_with_a_clear_reason() -> None:
+    coordinator, client, source, runtime = await started(max_recoveries=0)
     fetch = await park(coordinator, source)
     source.take(("in", 0), 0)()
     client.fail["commit"] = [error(KafkaError.PRODUCER_FENCED, fatal=True)]
