@@ -57,6 +57,16 @@ class TransactionalClient(Protocol):
 ClientFactory = Callable[[dict[str, Any]], TransactionalClient]
 
 
+STUCK_GRACE = 15.0
+"""Seconds past a transactional call's own timeout before the client is given up on."""
+
+
+class TransactionalCallStuck(RuntimeError):
+    """A transactional call outlived its own timeout: librdkafka's
+    ``send_offsets_to_transaction`` can block past it while the coordinator is away
+    (confluentinc/librdkafka#5456, #5511). The client is abandoned and a new one made."""
+
+
 class TransactionalProducer:
     """Produces inside the open transaction; ``commit``/``abort`` end it and open the next."""
 
@@ -99,6 +109,8 @@ class TransactionalProducer:
         self._offsets_sent = 0
         self.doomed = False
         """A message of the open transaction failed: it can only abort."""
+        self.stuck = False
+        """A call never returned: the client is abandoned on ``restart``."""
         self.on_doomed: Callable[[], None] | None = None
         self._client: TransactionalClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -122,6 +134,20 @@ class TransactionalProducer:
         assert self._loop is not None and self._calls is not None
         return await self._loop.run_in_executor(self._calls, fn, *args)
 
+    async def _bounded(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``_call`` a transactional API that takes ``operation_timeout``, with a deadline
+        of its own (``TransactionalCallStuck`` past it)."""
+        limit = self.operation_timeout + STUCK_GRACE
+        try:
+            return await asyncio.wait_for(self._call(fn, *args), limit)
+        except TimeoutError:
+            self.stuck = True
+            name = getattr(fn, "__name__", "transactional call")
+            raise TransactionalCallStuck(
+                f"{name} did not return {limit:.0f} s after it was called "
+                f"(its timeout is {self.operation_timeout:.0f} s)"
+            ) from None
+
     async def start(self) -> None:
         """Create the client, fence older producers of this transactional id, begin."""
         if self._client is not None:
@@ -136,7 +162,7 @@ class TransactionalProducer:
             target=self._poll_forever, name="headrace-transactions-poll", daemon=True
         )
         self._thread.start()
-        await self._call(self._client.init_transactions, self.operation_timeout)
+        await self._bounded(self._client.init_transactions, self.operation_timeout)
         await self.begin()
 
     async def begin(self) -> None:
@@ -300,9 +326,9 @@ class TransactionalProducer:
         for index, (positions, metadata) in enumerate(offsets):
             if positions and index >= self._offsets_sent:
                 tps = [TopicPartition(t, p, o) for (t, p), o in sorted(positions.items())]
-                await self._call(client.send_offsets_to_transaction, tps, metadata, timeout)
+                await self._bounded(client.send_offsets_to_transaction, tps, metadata, timeout)
             self._offsets_sent = index + 1
-        await self._call(client.commit_transaction, timeout)
+        await self._bounded(client.commit_transaction, timeout)
 
     async def retry_commit(self, offsets: list[tuple[dict[TP, int], Any]]) -> None:
         """``commit`` again after a retriable error (librdkafka allows both calls again):
@@ -312,7 +338,7 @@ class TransactionalProducer:
     async def abort(self) -> None:
         assert self._client is not None
         self._close_gate()
-        await self._call(self._client.abort_transaction, self.operation_timeout)
+        await self._bounded(self._client.abort_transaction, self.operation_timeout)
         # aborted messages get their reports (errors) from the poll thread: wait for them
         await self.drain(self.operation_timeout)
 
@@ -321,6 +347,7 @@ class TransactionalProducer:
         epoch is gone, e.g. the broker aborted a transaction that outlived its timeout);
         ``init_transactions`` then takes a fresh epoch and a transaction begins."""
         await self.close()
+        self.stuck = False
         self.is_open = False
         self.in_flight = 0
         self._open.clear()
@@ -330,18 +357,19 @@ class TransactionalProducer:
         """Abort any open transaction (its inputs were not committed) and stop."""
         if self._client is None:
             return
-        if self.is_open and self.produced_in_transaction:
+        if self.is_open and self.produced_in_transaction and not self.stuck:
             with contextlib.suppress(Exception):
                 await self.abort()
         self._close_gate()
         self._stopping.set()
         if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
+            await asyncio.to_thread(self._thread.join, timeout)
             self._thread = None
         self._hand_over()
         await asyncio.sleep(0)
         if self._calls is not None:
-            self._calls.shutdown(wait=True)
+            # a stuck call keeps its thread: abandon it (the new client fences the old one)
+            self._calls.shutdown(wait=not self.stuck)
             self._calls = None
         self._client = None
 

@@ -33,7 +33,10 @@ from confluent_kafka import KafkaError
 from headrace.connectors.kafka.flow import labelled
 from headrace.connectors.kafka.offsets import OffsetTracker
 from headrace.connectors.kafka.producer import Delivered, kafka_error
-from headrace.connectors.kafka.transactional_producer import TransactionalProducer
+from headrace.connectors.kafka.transactional_producer import (
+    TransactionalCallStuck,
+    TransactionalProducer,
+)
 
 if TYPE_CHECKING:
     from headrace.engine.runtime import Runtime
@@ -68,7 +71,7 @@ GROUP_MOVED_CODES = frozenset(
 commit: it is aborted (nothing of it becomes visible) and the partitions still ours are
 rewound; partitions that moved are revoked or lost at the consumer's next poll."""
 
-ErrorKind = Literal["fenced", "fatal", "abortable", "retriable"]
+ErrorKind = Literal["fenced", "stuck", "fatal", "abortable", "retriable"]
 
 
 def check_guarantee(value: object, where: str = "guarantee") -> Guarantee:
@@ -83,6 +86,8 @@ def check_guarantee(value: object, where: str = "guarantee") -> Guarantee:
 def transaction_error_kind(error: BaseException) -> ErrorKind:
     """What to do about a transactional call's error: stop (``fenced``/``fatal``), abort
     and rewind (``abortable``), or call again (``retriable``)."""
+    if isinstance(error, TransactionalCallStuck):
+        return "stuck"
     kafka = kafka_error(error)
     if kafka is None:
         return "fatal"
@@ -404,11 +409,18 @@ class TransactionCoordinator:
             log.warning("transaction commit failed; aborting", reason=reason, error=str(error))
             await self._abort(f"commit failed: {error}", callback)
             return False
-        if kind == "fenced":
+        if self._client_unusable(kind, error):
             await self._recover(error, reason, callback)
             return False
         self._stop(kind, error, reason)
         return False
+
+    @staticmethod
+    def _client_unusable(kind: str, error: BaseException) -> bool:
+        """The producer client cannot go on, but a new one can: fenced, a call stuck, or a
+        fatal Kafka error (e.g. INVALID_TXN_STATE after the broker aborted a transaction
+        that outlived its timeout during an outage)."""
+        return kind in ("fenced", "stuck") or (kind == "fatal" and kafka_error(error) is not None)
 
     def _may_recover(self) -> bool:
         """Whether a fenced producer may be re-initialised (at most ``max_recoveries`` a
@@ -431,12 +443,12 @@ class TransactionCoordinator:
         that keeps coming back (another live worker shares the transactional id) stops the
         worker after ``max_recoveries`` in a minute."""
         if not self._may_recover():
-            self._stop("fenced", error, reason)
+            self._stop(transaction_error_kind(error), error, reason)
             return
         log.warning(
-            "transactional producer fenced (its transaction outlived the broker's timeout, "
-            "or another instance took its id); re-initialising it and rewinding to the last "
-            "commit",
+            "transactional producer unusable (fenced: its transaction outlived the broker's "
+            "timeout or another instance took its id; or a call stuck past its timeout); "
+            "re-initialising it and rewinding to the last commit",
             reason=reason,
             error=str(error),
             transactional_id=self.producer.transactional_id,
@@ -490,6 +502,8 @@ class TransactionCoordinator:
             )
         else:
             message = f"transaction failed for good ({kind}); stopping this worker: {error}"
+        if kind != "fenced" and self.stats["recoveries"]:
+            message += f" (after {self.stats['recoveries']} re-initialised producers)"
         log.error(message, reason=reason, transactional_id=self.producer.transactional_id)
         if self.runtime is not None:
             self.runtime.fail(COMPONENT, message)
@@ -588,9 +602,10 @@ class TransactionCoordinator:
                 return True
             except Exception as error:
                 kind = transaction_error_kind(error)
-                if kind == "fenced" and self._may_recover():
+                if self._client_unusable(kind, error) and self._may_recover():
                     log.warning(
-                        "transactional producer fenced while aborting; re-initialising it",
+                        "transactional producer unusable while aborting (fenced, stuck or fatal); "
+                        "re-initialising it",
                         reason=reason,
                         error=str(error),
                         transactional_id=self.producer.transactional_id,

@@ -211,12 +211,6 @@ def _read_all(bootstrap: str, pipeline: Pipeline, feed: MixedProducer) -> Commit
     return committed
 
 
-@pytest.mark.skipif(
-    SIZE != "long",
-    reason="not reliable yet (HEADRACE_SOAK=long / make soak runs it): after a restart that "
-    "takes the private broker ~1 min to come back on a loaded machine, one run of three "
-    "stalled with the group's outputs missing (cause not found yet)",
-)
 @pytest.mark.timeout(600)
 def test_broker_restart_mid_stream_loses_and_repeats_nothing(tmp_path: Path) -> None:
     with own_broker() as broker:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+from headrace.connectors.kafka import transactional_producer
 from headrace.connectors.kafka.offsets import OffsetTracker
 from headrace.connectors.kafka.transactional_producer import TransactionalProducer
 from headrace.connectors.kafka.transactions import (
@@ -300,6 +301,34 @@ async def test_a_fenced_producer_is_reinitialised_and_the_partitions_rewound() -
     assert source.tracker.partition(("in", 0)).committed == 1
 
 
+async def test_a_call_stuck_past_its_timeout_abandons_the_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """librdkafka#5456: send_offsets_to_transaction can block past its timeout while the
+    coordinator is away; the worker must not wait for it forever."""
+    monkeypatch.setattr(transactional_producer, "STUCK_GRACE", 0.2)
+    coordinator, client, source, runtime = await started()
+    coordinator.producer.operation_timeout = 0.1
+    release = threading.Event()
+    plain = client.send_offsets_to_transaction
+
+    def blocks_once(positions: list[Any], metadata: Any, timeout: float = 0) -> None:
+        client.send_offsets_to_transaction = plain  # type: ignore[method-assign]
+        release.wait(30)
+
+    client.send_offsets_to_transaction = blocks_once  # type: ignore[method-assign]
+    fetch = await park(coordinator, source)
+    source.take(("in", 0), 0)()
+    assert not await coordinator.commit("stuck")
+    release.set()
+    assert coordinator.stats["recoveries"] == 1 and not runtime.failures
+    assert client.names().count("init") == 2 and source.seeks == [{("in", 0): None}]
+    source.take(("in", 0), 0)()
+    assert await coordinator.commit("after")
+    fetch.cancel()
+    assert source.tracker.partition(("in", 0)).committed == 1
+
+
 async def test_a_fencing_that_keeps_coming_back_stops_the_worker() -> None:
     coordinator, client, source, runtime = await started(max_recoveries=1)
     fetch = await park(coordinator, source)
@@ -339,8 +368,8 @@ async def test_a_stale_group_generation_aborts_and_rewinds() -> None:
     assert source.seeks == [{("in", 0): None}] and not runtime.failures
 
 
-async def test_fatal_commit_error_stops_the_worker() -> None:
-    coordinator, client, source, runtime = await started()
+async def test_fatal_commit_error_stops_the_worker_once_recoveries_are_spent() -> None:
+    coordinator, client, source, runtime = await started(max_recoveries=0)
     fetch = await park(coordinator, source)
     source.take(("in", 0), 0)()
     client.fail["commit"] = [error(KafkaError._STATE, fatal=True)]
