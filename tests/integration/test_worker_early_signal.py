@@ -38,18 +38,24 @@ def wait_until_it_catches_sigterm(proc: subprocess.Popen[str], timeout: float = 
         time.sleep(0.002)
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.1, 0.4, 1.0])
-def test_sigterm_during_start_up_exits_0(tmp_path: Path, delay: float) -> None:
-    (tmp_path / "hr_worker_nodes.py").write_text(NODES)
-    config = passthrough_config(tmp_path, "slow")
+def start_worker(directory: Path) -> subprocess.Popen[str]:
+    """`headrace run` on a passthrough config, returned once it catches SIGTERM."""
+    (directory / "hr_worker_nodes.py").write_text(NODES)
+    config = passthrough_config(directory, "slow")
     proc = subprocess.Popen(
         [*headrace_command(), "run", str(config)],
-        cwd=tmp_path,
+        cwd=directory,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     wait_until_it_catches_sigterm(proc)
+    return proc
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.1, 0.4, 1.0])
+def test_sigterm_during_start_up_exits_0(tmp_path: Path, delay: float) -> None:
+    proc = start_worker(tmp_path)
     time.sleep(delay)  # still loading its imports and config: "worker started" comes later
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -58,16 +64,7 @@ def test_sigterm_during_start_up_exits_0(tmp_path: Path, delay: float) -> None:
 
 
 def test_a_second_early_signal_exits_at_once_non_zero(tmp_path: Path) -> None:
-    (tmp_path / "hr_worker_nodes.py").write_text(NODES)
-    config = passthrough_config(tmp_path, "slow")
-    proc = subprocess.Popen(
-        [*headrace_command(), "run", str(config)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    wait_until_it_catches_sigterm(proc)
+    proc = start_worker(tmp_path)
     time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.05)
