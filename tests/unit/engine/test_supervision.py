@@ -16,7 +16,7 @@ from headrace.engine.config.loader import load_config
 from headrace.engine.ops.http import create_app
 from headrace.engine.supervision import ComponentFailure, Supervisor
 from headrace.engine.worker import Worker
-from tests.unit.engine.config.test_config import mod, write  # noqa: F401 (fixture)
+from tests.unit.engine.config.test_config import base, mod, write  # noqa: F401 (fixture)
 from tests.unit.support import declare_reactor, one_node_graph, pipeline, wait_until
 
 
@@ -161,28 +161,10 @@ async def test_a_worker_stops_with_exit_1_when_a_component_fails(
     file = write(
         tmp_path,
         "w.toml",
-        f"""
-        modules = [{{ name = "{mod}", path = "." }}]
-        [accumulators.book]
-        kind = "passthrough"
-        [accumulators.ref]
-        kind = "passthrough"
-        [reactors.rx]
-        accumulators = ["book", "ref"]
-        mode = "when_all"
-        [graphs.signal]
-        module = "{mod}"
-        reactor = "rx"
-        sinks = ["out"]
-        [graphs.signal.topology.evaluate]
-        inputs = ["book", "ref"]
-        routes = {{ Alert = "alert", Ok = "record" }}
-        [graphs.signal.topology.alert]
-        [graphs.signal.topology.record]
-        [sinks.out]
-        type = "log"
+        base(mod)
+        + """
         [worker]
-        http = {{ enabled = false }}
+        http = { enabled = false }
         """,
     )
     worker = Worker(load_config([file], environ={}), install_signals=False)
@@ -210,32 +192,13 @@ async def test_a_fatal_kafka_sink_error_stops_the_worker_with_exit_1(
     file = write(
         tmp_path,
         "k.toml",
-        f"""
-        modules = [{{ name = "{mod}", path = "." }}]
-        [accumulators.book]
-        kind = "passthrough"
-        [accumulators.ref]
-        kind = "passthrough"
-        [reactors.rx]
-        accumulators = ["book", "ref"]
-        mode = "when_all"
-        [graphs.signal]
-        module = "{mod}"
-        reactor = "rx"
-        sinks = ["out"]
-        [graphs.signal.topology.evaluate]
-        inputs = ["book", "ref"]
-        routes = {{ Alert = "alert", Ok = "record" }}
-        [graphs.signal.topology.alert]
-        [graphs.signal.topology.record]
-        [sinks.out]
-        type = "kafka"
-        topic = "signals"
+        base(mod, 'type = "kafka"\n    topic = "signals"')
+        + """
         [worker]
         bootstrap_servers = "127.0.0.1:9"
         drain_timeout = "10s"
-        http = {{ enabled = false }}
-        state_store = {{ enabled = false }}
+        http = { enabled = false }
+        state_store = { enabled = false }
         """,
     )
     worker = Worker(load_config([file], environ={}), install_signals=False)
@@ -261,29 +224,11 @@ async def test_a_worker_that_fails_to_start_reports_no_component_failure(
     file = write(
         tmp_path,
         "h.toml",
-        f"""
-        modules = [{{ name = "{mod}", path = "." }}]
-        [accumulators.book]
-        kind = "passthrough"
-        [accumulators.ref]
-        kind = "passthrough"
-        [reactors.rx]
-        accumulators = ["book", "ref"]
-        mode = "when_all"
-        [graphs.signal]
-        module = "{mod}"
-        reactor = "rx"
-        sinks = ["out"]
-        [graphs.signal.topology.evaluate]
-        inputs = ["book", "ref"]
-        routes = {{ Alert = "alert", Ok = "record" }}
-        [graphs.signal.topology.alert]
-        [graphs.signal.topology.record]
-        [sinks.out]
-        type = "log"
+        base(mod)
+        + """
         [worker]
-        http = {{ port = 0 }}
-        state_store = {{ enabled = false }}
+        http = { port = 0 }
+        state_store = { enabled = false }
         """,
     )
     worker = Worker(load_config([file], environ={}), install_signals=False)

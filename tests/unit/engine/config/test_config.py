@@ -113,8 +113,9 @@ def assert_issue(issues: list[ConfigIssue], file: str, field: str, *words: str) 
     return issue
 
 
-def base(mod: str) -> str:
-    """A valid file: passthrough book/ref, a when_all reactor, a routed graph, a log sink."""
+def base(mod: str, sink: str = 'type = "log"') -> str:
+    """A valid file: passthrough book/ref, a when_all reactor, a routed graph, a sink ``out``
+    (the log sink unless ``sink`` gives its settings)."""
     return f"""
     modules = [{{ name = "{mod}", path = "." }}]
 
@@ -138,7 +139,7 @@ def base(mod: str) -> str:
     [graphs.signal.topology.record]
 
     [sinks.out]
-    type = "log"
+    {sink}
     """
 
 
