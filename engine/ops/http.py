@@ -254,6 +254,20 @@ def create_app(
         dependencies=[*write_deps, known], responses={**write_errors, **_problems(400)}
     )
 
+    @reads.get("/v1/health", tags=["health"])
+    async def health() -> dict[str, Any]:
+        """Summary: status, readiness, the graphs that run; with packages enabled, what this
+        worker runs (per package: name, version, status, error), whether it waits for
+        uploads, and (shared state store) every worker of the fleet."""
+        body: dict[str, Any] = {
+            "status": runtime.status(),
+            "ready": runtime.ready(),
+            "graphs": sorted(runtime.graphs),
+        }
+        if packages is not None:
+            body["packages"] = await packages.health()
+        return body
+
     @reads.get("/v1/health/ready", tags=["health"], responses={503: {"model": Ready}})
     async def ready() -> Any:
         """Readiness: 200 while the runtime runs and no component failed, else 503."""

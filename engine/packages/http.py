@@ -6,7 +6,6 @@ a package runs its code. Upload bodies have their own limit (``max_archive_bytes
 
 from __future__ import annotations
 
-import asyncio
 import email.parser
 import email.policy
 from collections.abc import Sequence
@@ -99,10 +98,8 @@ def packages_router(
     @router.get("/v1/packages")
     async def list_packages() -> dict[str, Any]:
         """This worker's packages; with a shared state store, what every worker runs."""
-        body: dict[str, Any] = {"packages": service.list(), **service.reconciler.health()}
-        if service.table is not None:
-            body["workers"] = await asyncio.to_thread(service.table.workers)
-        return body
+        health = await service.health()
+        return {**health, "packages": service.list()}
 
     @router.get("/v1/packages/{name}", responses={404: {"model": Problem}})
     async def show(name: str) -> dict[str, Any]:

@@ -166,10 +166,26 @@ class Reconciler:
         """Package -> the version running in this worker."""
         return {n: s.loaded.version for n, s in sorted(self.packages.items()) if s.loaded}
 
+    def waiting_for_uploads(self) -> bool:
+        """No graph runs (none in the files, none loaded from a package yet)."""
+        return not self.runtime.graphs
+
     def health(self) -> dict[str, Any]:
+        """Per package the version last given, its status and error, and the version that
+        runs (``loaded_version``: the old one while an upgrade is pending or failed)."""
         states = [s.latest.status for s in self.packages.values()]
         return {
-            "waiting_for_uploads": not self.runtime.graphs and not self.packages,
+            "waiting_for_uploads": self.waiting_for_uploads(),
+            "packages": [
+                {
+                    "name": name,
+                    "version": state.latest.manifest.version,
+                    "status": state.latest.status,
+                    "error": state.latest.error,
+                    "loaded_version": state.loaded.version if state.loaded else None,
+                }
+                for name, state in sorted(self.packages.items())
+            ],
             "running": self.versions(),
             "counts": {k: states.count(k) for k in ("pending", "loaded", "failed")},
         }

@@ -61,6 +61,8 @@ class PackageService:
         self.table: Any = None
         """A ``PackageTable`` (fleets): uploads and deletes are recorded there."""
         self.recorded: set[str] = set()
+        self.worker_id: str | None = None
+        """This worker in the fleet view (the state store's worker id)."""
 
     def prepare(self, data: bytes) -> tuple[Manifest, str]:
         """Check and extract an archive, read its manifest (blocking: run in a thread)."""
@@ -108,6 +110,14 @@ class PackageService:
 
     def list(self) -> list[dict[str, Any]]:
         return [s.view() for _, s in sorted(self.reconciler.packages.items())]
+
+    async def health(self) -> dict[str, Any]:
+        """What this worker runs (per package: name, version, status, error) and whether it
+        waits for uploads; with a package table, every worker of the fleet (``workers``)."""
+        body: dict[str, Any] = {"worker": self.worker_id, **self.reconciler.health()}
+        if self.table is not None:
+            body["workers"] = await asyncio.to_thread(self.table.workers)
+        return body
 
     def get(self, name: str) -> dict[str, Any]:
         return self.reconciler.get(name).view()

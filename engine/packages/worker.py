@@ -49,6 +49,7 @@ class WorkerPackages:
             from headrace.engine.store.packages_table import PackageTable
 
             self.service.table = PackageTable(worker.store)
+            self.service.worker_id = worker.store.worker_id
 
     async def start(self) -> None:
         if self.service.table is not None:
@@ -61,6 +62,8 @@ class WorkerPackages:
             await self.fleet.sync()  # a restarted worker loads the stored packages first
             await self.fleet.start()
             self.worker.runtime.supervise(self.fleet.task, "packages:fleet")
+            if self.fleet.listen_task is not None:
+                self.worker.runtime.supervise(self.fleet.listen_task, "packages:listen")
         if self.directory is not None:
             from headrace.engine.packages.directory import DirectoryWatcher
 

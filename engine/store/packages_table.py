@@ -1,5 +1,7 @@
-"""The state store's package tables: what a worker group should run, and what each worker
-runs. Defined on the state store's ``metadata`` (created with the other tables)."""
+"""The state store's package tables: what a worker group should run, what each worker
+runs, and when each worker last reported. Defined on the state store's ``metadata``
+(created with the other tables). On PostgreSQL every change of ``headrace_packages``
+NOTIFYs ``CHANNEL`` (heard by ``headrace.engine.packages.notify``)."""
 
 from __future__ import annotations
 
@@ -34,6 +36,29 @@ package_workers_table = sa.Table(
     extend_existing=True,
 )
 
+package_heartbeats_table = sa.Table(
+    "headrace_package_heartbeats",
+    metadata,
+    sa.Column("worker", sa.String(255), primary_key=True),
+    sa.Column("heartbeat", sa.Double, nullable=False),
+    sa.Column("poll_interval", sa.Double, nullable=False),
+    sa.Column("waiting_for_uploads", sa.Boolean, nullable=False),
+    extend_existing=True,
+)
+
+CHANNEL = "headrace_packages"
+"""The PostgreSQL NOTIFY channel of package changes (payload: the package name)."""
+
+STALE_AFTER_POLLS = 3
+"""A worker whose heartbeat is older than this many of its poll intervals is ``stale``."""
+
+
+def notify(conn: sa.Connection, name: str) -> None:
+    """Tell the group's listeners that package ``name`` changed (PostgreSQL only; sent when
+    ``conn``'s transaction commits)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_notify(CHANNEL, name)))
+
 
 @dataclass(frozen=True)
 class StoredPackage:
@@ -65,10 +90,12 @@ class PackageTable:
                     uploaded_at=time.time(),
                 )
             )
+            notify(conn, name)
 
     def remove(self, name: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(packages_table.delete().where(packages_table.c.name == name))
+            notify(conn, name)
 
     def wanted(self) -> dict[str, StoredPackage]:
         t = packages_table.c
@@ -84,16 +111,31 @@ class PackageTable:
             ).first()
         return bytes(row.archive) if row is not None else None
 
-    def report(self, worker: str, states: list[dict[str, Any]]) -> None:
-        """Replace ``worker``'s rows with the status of each of its packages."""
+    def report(
+        self,
+        worker: str,
+        states: list[dict[str, Any]],
+        *,
+        waiting_for_uploads: bool = False,
+        poll_interval: float = 2.0,
+    ) -> None:
+        """Replace ``worker``'s rows with the status of each of its packages, and beat."""
         now = time.time()
+        workers, beats = package_workers_table, package_heartbeats_table
         with self.engine.begin() as conn:
+            conn.execute(workers.delete().where(workers.c.worker == worker))
+            conn.execute(beats.delete().where(beats.c.worker == worker))
             conn.execute(
-                package_workers_table.delete().where(package_workers_table.c.worker == worker)
+                beats.insert().values(
+                    worker=worker,
+                    heartbeat=now,
+                    poll_interval=poll_interval,
+                    waiting_for_uploads=waiting_for_uploads,
+                )
             )
             if states:
                 conn.execute(
-                    package_workers_table.insert(),
+                    workers.insert(),
                     [
                         {
                             "worker": worker,
@@ -107,13 +149,35 @@ class PackageTable:
                     ],
                 )
 
-    def workers(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """worker -> package -> {version, status, error, updated_at}."""
+    def forget(self, worker: str) -> None:
+        """``worker`` stops: it leaves the fleet view."""
+        workers, beats = package_workers_table, package_heartbeats_table
+        with self.engine.begin() as conn:
+            conn.execute(workers.delete().where(workers.c.worker == worker))
+            conn.execute(beats.delete().where(beats.c.worker == worker))
+
+    def workers(self, now: float | None = None) -> dict[str, dict[str, Any]]:
+        """worker -> {heartbeat, stale, waiting_for_uploads, packages: name -> {version,
+        status, error, updated_at}}."""
+        now = time.time() if now is None else now
         with self.engine.connect() as conn:
+            beats = conn.execute(sa.select(package_heartbeats_table)).all()
             rows = conn.execute(sa.select(package_workers_table)).all()
-        out: dict[str, dict[str, dict[str, Any]]] = {}
+        out: dict[str, dict[str, Any]] = {
+            b.worker: {
+                "heartbeat": b.heartbeat,
+                "stale": now - b.heartbeat > STALE_AFTER_POLLS * b.poll_interval,
+                "waiting_for_uploads": bool(b.waiting_for_uploads),
+                "packages": {},
+            }
+            for b in beats
+        }
         for r in rows:
-            out.setdefault(r.worker, {})[r.name] = {
+            entry = out.setdefault(
+                r.worker,
+                {"heartbeat": None, "stale": True, "waiting_for_uploads": False, "packages": {}},
+            )
+            entry["packages"][r.name] = {
                 "version": r.version,
                 "status": r.status,
                 "error": r.error,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -95,8 +95,9 @@ def headrace_worker(
     request: pytest.FixtureRequest,
 ) -> Iterator[Callable[..., HeadraceWorker | InProcessWorker]]:
     """Factory: ``headrace_worker(*toml_files, env=None, cwd=None, token=None, kafka=True,
-    in_process=False)`` starts ``headrace run`` in a subprocess (a ``HeadraceWorker``), or
-    the same worker in this process (an ``InProcessWorker``). With ``kafka`` (default) it
+    in_process=False, args=())`` starts ``headrace run`` in a subprocess (a
+    ``HeadraceWorker``; ``args`` follow the files), or the same worker in this process (an
+    ``InProcessWorker``). With ``kafka`` (default) it
     gets the session broker as ``KAFKA_BOOTSTRAP_SERVERS``. Workers still running at the
     end are killed; in-process declarations are undone."""
     from headrace.testing.worker import HeadraceWorker, InProcessWorker
@@ -110,6 +111,7 @@ def headrace_worker(
         token: str | None = None,
         kafka: bool = True,
         in_process: bool = False,
+        args: Sequence[str] = (),
     ) -> HeadraceWorker | InProcessWorker:
         env = dict(env or {})
         bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS")
@@ -119,7 +121,9 @@ def headrace_worker(
         if in_process:
             worker = InProcessWorker(files, env=env, bootstrap=bootstrap, token=token)
         else:
-            worker = HeadraceWorker(files, env=env, cwd=cwd, bootstrap=bootstrap, token=token)
+            worker = HeadraceWorker(
+                files, env=env, cwd=cwd, bootstrap=bootstrap, token=token, args=args
+            )
         started.append(worker)
         return worker
 

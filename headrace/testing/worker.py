@@ -123,7 +123,8 @@ class HeadraceWorker(_WorkerClient):
     ``env`` is added to this process's environment (a ``None`` value removes a variable).
     ``log_format`` is passed as ``--log-format`` (``None``: the worker's default, JSON off
     a terminal). ``stdout_path``/``stderr_path`` keep a copy of each stream in a file, line
-    by line as it arrives. With ``die_with_parent`` (Linux) the worker is SIGKILLed when the
+    by line as it arrives. ``args`` go after the files (``["--packages", DIR]``). With
+    ``die_with_parent`` (Linux) the worker is SIGKILLed when the
     thread that started it ends, so a crashed test run leaves no worker behind.
     """
 
@@ -140,6 +141,7 @@ class HeadraceWorker(_WorkerClient):
         stdout_path: str | Path | None = None,
         stderr_path: str | Path | None = None,
         die_with_parent: bool = False,
+        args: Sequence[str] = (),
     ) -> None:
         if not files:
             raise ValueError("headrace_worker needs at least one TOML config file")
@@ -158,7 +160,7 @@ class HeadraceWorker(_WorkerClient):
         child_env.update(env or {})
         fmt = ["--log-format", log_format] if log_format else []
         self.proc = subprocess.Popen(
-            [python, "-m", "headrace", "run", *map(str, self.files), *fmt],
+            [python, "-m", "headrace", "run", *map(str, self.files), *fmt, *args],
             cwd=self.cwd,
             env={k: v for k, v in child_env.items() if v is not None},
             stdin=subprocess.DEVNULL,

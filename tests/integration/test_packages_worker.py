@@ -5,12 +5,13 @@ bad archives that leave the worker running, and a clean SIGTERM."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 
 from headrace.engine.packages.archive import pack
 from headrace.testing.worker import HeadraceWorker
-from tests.fixtures.postgres_server import libpq_url
+from tests.fixtures.postgres_server import libpq_url, schema_url
 from tests.unit.engine.packages.helpers import MANIFEST, file_member, tar_bytes, write_package
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,30 +54,31 @@ workdir = "${PACKAGES_WORKDIR}"
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'state.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    schema = f"packages_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        conn.execute(f"create schema {schema}")
-    separator = "&" if "?" in url else "?"
-    return f"{url}{separator}options=-csearch_path%3D{schema}"
+    return schema_url(request.getfixturevalue("postgres_url"), "packages")
+
+
+def start_worker(
+    headrace_worker: Any, tmp_path: Path, store: str, index: int = 0, text: str = WORKER
+) -> HeadraceWorker:
+    """A ``headrace run`` subprocess on ``store`` (killed at the end by the fixture)."""
+    config = tmp_path / f"worker-{index}.toml"
+    config.write_text(text)
+    env = {
+        "HEADRACE_TOKEN": TOKEN,
+        "HEADRACE_STATE_STORE_URL": store,
+        "PACKAGES_WORKDIR": str(tmp_path / f"extracted-{index}"),
+    }
+    worker: HeadraceWorker = headrace_worker(
+        config, env=env, cwd=tmp_path, token=TOKEN, kafka=False
+    )
+    return worker
 
 
 @pytest.fixture
-def worker(tmp_path: Path, store_url: str) -> Iterator[HeadraceWorker]:
-    config = tmp_path / "worker.toml"
-    config.write_text(WORKER)
-    env = {
-        "HEADRACE_TOKEN": TOKEN,
-        "HEADRACE_STATE_STORE_URL": store_url,
-        "PACKAGES_WORKDIR": str(tmp_path / "extracted"),
-    }
-    proc = HeadraceWorker([config], env=env, cwd=tmp_path, token=TOKEN)
-    try:
-        proc.ready(timeout=120)
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
+def worker(headrace_worker: Any, tmp_path: Path, store_url: str) -> HeadraceWorker:
+    started = start_worker(headrace_worker, tmp_path, store_url)
+    started.ready(timeout=120)
+    return started
 
 
 def cli(*args: str, url: str) -> subprocess.CompletedProcess[str]:
@@ -93,7 +95,7 @@ def call(method: str, worker: HeadraceWorker, path: str, **options: Any) -> http
     return httpx.request(
         method,
         worker.url + path,
-        headers={"Authorization": f"Bearer {TOKEN}"},
+        headers={"Authorization": f"Bearer {worker.token}"},
         timeout=30,
         **options,
     )
@@ -368,73 +370,141 @@ FLEET_WORKER = WORKER.replace("[worker.packages]\n", '[worker.packages]\npoll_in
 
 @pytest.mark.postgres
 def test_two_workers_on_one_postgres_store_load_and_unload_together(
-    request: pytest.FixtureRequest, tmp_path: Path
+    headrace_worker: Any, postgres_url: str, tmp_path: Path
 ) -> None:
-    url: str = request.getfixturevalue("postgres_url")
-    schema = f"fleet_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        conn.execute(f"create schema {schema}")
-    store = f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
-    config = tmp_path / "worker.toml"
-    config.write_text(FLEET_WORKER)
-    workers = []
-    try:
-        for index in range(2):
-            env = {
-                "HEADRACE_TOKEN": TOKEN,
-                "HEADRACE_STATE_STORE_URL": store,
-                "PACKAGES_WORKDIR": str(tmp_path / f"extracted-{index}"),
-            }
-            workers.append(HeadraceWorker([config], env=env, cwd=tmp_path, token=TOKEN))
-        a, b = workers
-        a.ready(timeout=120)
-        b.ready(timeout=120)
-        for example in ("pricing-publisher", "pricing-subscriber"):
-            archive = pack(EXAMPLES / example, example, "0.1.0", tmp_path)
-            assert call("POST", a, "/v1/packages", content=archive.read_bytes()).status_code == 201
-        for worker in (a, b):
-            wait_status(worker, "pricing-publisher", "loaded")
-            wait_status(worker, "pricing-subscriber", "loaded")
-        assert b.push("raw_prices", {"price": 10.0}).status_code == 202
-        assert b.push("normalized_prices", {"price": 11.0}).status_code == 202
-        deadline = time.monotonic() + 30
-        while not any(
-            r["outputs"] == {"publish": {"signal": 1.1}} for r in results_of(b, "price_consumer")
-        ):
-            assert time.monotonic() < deadline, b.output()
-            time.sleep(0.1)
-        deadline = time.monotonic() + 30
-        while True:  # health: per worker, the versions it runs
-            fleet = call("GET", a, "/v1/packages").json()["workers"]
-            running = sorted(
-                tuple(sorted((n, p["version"], p["status"]) for n, p in packages.items()))
-                for packages in fleet.values()
-            )
-            expected = [
-                (
-                    ("pricing-publisher", "0.1.0", "loaded"),
-                    ("pricing-subscriber", "0.1.0", "loaded"),
-                )
-            ] * 2
-            if running == expected:
-                break
-            assert time.monotonic() < deadline, fleet
-            time.sleep(0.2)
-        refused = call("DELETE", a, "/v1/packages/pricing-publisher")
-        assert refused.status_code == 409 and refused.json()["bound_graphs"] == ["price_consumer"]
-        assert call("DELETE", a, "/v1/packages/pricing-subscriber").status_code == 200
-        assert call("DELETE", a, "/v1/packages/pricing-publisher").status_code == 200
-        deadline = time.monotonic() + 30
-        while call("GET", b, "/v1/packages").json()["packages"]:
-            assert time.monotonic() < deadline, b.output()
-            time.sleep(0.2)
-        assert b.push("raw_prices", {"price": 1.0}).status_code == 404  # unloaded on b too
-        assert a.stop() == 0
-        assert b.stop() == 0
-    finally:
-        for worker in workers:
-            if worker.returncode is None:
-                worker.kill()
+    store = schema_url(postgres_url, "fleet")
+    a, b = (start_worker(headrace_worker, tmp_path, store, i, FLEET_WORKER) for i in range(2))
+    a.ready(timeout=120)
+    b.ready(timeout=120)
+    ids = {w: f"{socket.gethostname()}:{w.pid}" for w in (a, b)}
+    # the fleet view lists a worker with no packages too: waiting for uploads, beating
+    idle = wait_fleet(a, lambda fleet: set(fleet) == set(ids.values()))
+    assert [(w["waiting_for_uploads"], w["packages"], w["stale"]) for w in idle.values()] == [
+        (True, {}, False)
+    ] * 2
+    for example in ("pricing-publisher", "pricing-subscriber"):
+        archive = pack(EXAMPLES / example, example, "0.1.0", tmp_path)
+        assert call("POST", a, "/v1/packages", content=archive.read_bytes()).status_code == 201
+    for worker in (a, b):
+        wait_status(worker, "pricing-publisher", "loaded")
+        wait_status(worker, "pricing-subscriber", "loaded")
+    assert b.push("raw_prices", {"price": 10.0}).status_code == 202
+    assert b.push("normalized_prices", {"price": 11.0}).status_code == 202
+    deadline = time.monotonic() + 30
+    while not any(
+        r["outputs"] == {"publish": {"signal": 1.1}} for r in results_of(b, "price_consumer")
+    ):
+        assert time.monotonic() < deadline, b.output()
+        time.sleep(0.1)
+    both = (("pricing-publisher", "0.1.0", "loaded"), ("pricing-subscriber", "0.1.0", "loaded"))
+
+    def runs_both(fleet: dict[str, Any]) -> bool:
+        return set(fleet) == set(ids.values()) and all(
+            tuple(sorted((n, p["version"], p["status"]) for n, p in w["packages"].items())) == both
+            and not w["waiting_for_uploads"]
+            for w in fleet.values()
+        )
+
+    fleet = wait_fleet(b, runs_both)  # b's view of the fleet, a's too below
+    assert all(w["heartbeat"] > 0 and w["stale"] is False for w in fleet.values())
+    assert runs_both(call("GET", a, "/v1/packages").json()["workers"])
+    for worker in (a, b):  # GET /v1/health: what this worker runs
+        health = worker.health("/v1/health")
+        assert health["graphs"] == ["price_consumer"]
+        mine = health["packages"]
+        assert mine["worker"] == ids[worker] and mine["waiting_for_uploads"] is False
+        assert [(p["name"], p["version"], p["status"], p["error"]) for p in mine["packages"]] == [
+            (*part, None) for part in both
+        ]
+    refused = call("DELETE", a, "/v1/packages/pricing-publisher")
+    assert refused.status_code == 409 and refused.json()["bound_graphs"] == ["price_consumer"]
+    assert call("DELETE", a, "/v1/packages/pricing-subscriber").status_code == 200
+    assert call("DELETE", a, "/v1/packages/pricing-publisher").status_code == 200
+    deadline = time.monotonic() + 30
+    while call("GET", b, "/v1/packages").json()["packages"]:
+        assert time.monotonic() < deadline, b.output()
+        time.sleep(0.2)
+    assert b.push("raw_prices", {"price": 1.0}).status_code == 404  # unloaded on b too
+    assert a.stop() == 0
+    left = wait_fleet(b, lambda fleet: set(fleet) == {ids[b]})  # a stopped: it left the view
+    assert left[ids[b]]["packages"] == {} and left[ids[b]]["waiting_for_uploads"] is True
+    assert b.stop() == 0
+
+
+def wait_fleet(
+    worker: HeadraceWorker, done: Callable[[dict[str, Any]], bool], timeout: float = 30
+) -> dict[str, Any]:
+    """``workers`` of ``GET /v1/health`` once ``done`` holds for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        fleet = worker.health("/v1/health")["packages"]["workers"]
+        if done(fleet):
+            return dict(fleet)
+        assert time.monotonic() < deadline, (fleet, worker.output())
+        time.sleep(0.2)
+
+
+LISTEN_WORKER = WORKER.replace("[worker.packages]\n", '[worker.packages]\npoll_interval = "10m"\n')
+
+
+def listener_name(worker: HeadraceWorker) -> str:
+    """The ``application_name`` of ``worker``'s LISTEN connection."""
+    return f"headrace-packages {socket.gethostname()}:{worker.pid}"[:63]
+
+
+@pytest.mark.postgres
+def test_notify_deploys_to_the_other_worker_long_before_its_poll(
+    headrace_worker: Any, postgres_url: str, tmp_path: Path
+) -> None:
+    """Both workers poll every 10 minutes: only NOTIFY can bring an upload (or a delete) on
+    one to the other within seconds; after its LISTEN connection is killed, it reconnects."""
+    store = schema_url(postgres_url, "listen")
+    a, b = (start_worker(headrace_worker, tmp_path, store, i, LISTEN_WORKER) for i in range(2))
+    for worker in (a, b):
+        worker.ready(timeout=120)
+        worker.wait_for_log("listening for package changes", timeout=60)
+    archives = {
+        example: pack(EXAMPLES / example, example, "0.1.0", tmp_path).read_bytes()
+        for example in ("pricing-publisher", "pricing-subscriber")
+    }
+    began = time.monotonic()
+    assert call("POST", a, "/v1/packages", content=archives["pricing-publisher"]).status_code == 201
+    wait_status(b, "pricing-publisher", "loaded", timeout=30)
+    loaded_in = time.monotonic() - began
+
+    with psycopg.connect(libpq_url(postgres_url), autocommit=True) as conn:
+        killed = conn.execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity where application_name = %s",
+            (listener_name(b),),
+        ).fetchall()
+    assert killed == [(True,)]
+    b.wait_for_log("package notifications: connection lost; reconnecting", timeout=60)
+    deadline = time.monotonic() + 60
+    while len(b.events("listening for package changes")) < 2:
+        assert time.monotonic() < deadline, b.output()
+        time.sleep(0.1)
+
+    began = time.monotonic()
+    response = call("POST", a, "/v1/packages", content=archives["pricing-subscriber"])
+    assert response.status_code == 201
+    wait_status(b, "pricing-subscriber", "loaded", timeout=30)
+    reconnected_in = time.monotonic() - began
+
+    began = time.monotonic()
+    assert call("DELETE", a, "/v1/packages/pricing-subscriber").status_code == 200
+    assert call("DELETE", a, "/v1/packages/pricing-publisher").status_code == 200
+    deadline = time.monotonic() + 30
+    while call("GET", b, "/v1/packages").json()["packages"]:
+        assert time.monotonic() < deadline, b.output()
+        time.sleep(0.1)
+    unloaded_in = time.monotonic() - began
+    print(
+        f"LISTEN/NOTIFY, poll interval 10 min: the other worker loaded an upload in "
+        f"{loaded_in:.2f}s, after its connection was killed {reconnected_in:.2f}s, "
+        f"unloaded two deletes in {unloaded_in:.2f}s"
+    )
+    assert a.stop() == 0
+    assert b.stop() == 0
 
 
 @pytest.mark.kafka

@@ -83,6 +83,7 @@ def test_round_trip_on_postgres(schema_url: str) -> None:
         "headrace_accumulator_values",
         "headrace_dead_letters",
         "headrace_executions",
+        "headrace_package_heartbeats",
         "headrace_package_workers",
         "headrace_packages",
         "headrace_results",

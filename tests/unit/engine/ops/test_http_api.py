@@ -335,6 +335,7 @@ async def test_openapi_lists_the_endpoints(stack: Stack) -> None:
         assert (await client.get("/docs")).status_code == 200
     paths = spec["paths"]
     assert {path: sorted(paths[path]) for path in paths} == {
+        "/v1/health": ["get"],
         "/v1/health/live": ["get"],
         "/v1/health/ready": ["get"],
         "/v1/health/graphs": ["get"],
