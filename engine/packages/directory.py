@@ -1,7 +1,8 @@
 """Directory mode: ``headrace run --packages DIR`` keeps the worker's packages in step with
 DIR, whose entries are package directories (with ``package.toml``) and ``*.tar.gz``
 archives. Polled every ``poll_interval``: a new or changed entry is loaded (a new version
-upgrades), a removed one is unloaded (retried while the guard refuses)."""
+upgrades), a removed one is unloaded (retried while the guard refuses), unless another entry now holds
+the same package (a ``NAME-2.0.tar.gz`` that replaced ``NAME-1.0.tar.gz``)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ class DirectoryWatcher:
         self.interval = interval
         self.seen: dict[Path, tuple[tuple[str, int, int], ...]] = {}
         self.names: dict[Path, str] = {}
+        self.refused: set[Path] = set()
+        """Removed entries the guard keeps loaded (logged once each)."""
         self.task: asyncio.Task[None] | None = None
 
     def entries(self) -> list[Path]:
@@ -67,14 +70,24 @@ class DirectoryWatcher:
                 log.error("package in directory refused", path=str(path), reasons=error.reasons)
         for path in [p for p in self.seen if p not in current]:
             name = self.names.get(path)
-            if name is not None and name in self.service.reconciler.packages:
+            replaced = any(self.names.get(p) == name for p in current)  # p-1.tar.gz -> p-2
+            if name is not None and not replaced and name in self.service.reconciler.packages:
                 try:
                     await self.service.delete(name, record=False)
                 except PackageInUse as error:
-                    log.warning("package removed from directory stays loaded", reason=str(error))
+                    if path not in self.refused:  # once, not on every pass
+                        log.warning(
+                            "package removed from directory stays loaded",
+                            path=str(path),
+                            package=name,
+                            reason=str(error),
+                            bound_graphs=error.bound_graphs,
+                        )
+                        self.refused.add(path)
                     continue  # retried on the next pass
             self.seen.pop(path, None)
             self.names.pop(path, None)
+            self.refused.discard(path)
 
     async def _run(self) -> None:
         while True:

@@ -65,3 +65,26 @@ async def test_a_new_version_in_the_directory_upgrades(watcher: DirectoryWatcher
     manifest.write_text(manifest.read_text().replace('version = "0.1.0"', 'version = "0.2.0"'))
     assert await scan(watcher) == {"pricing-publisher": "loaded"}
     assert watcher.service.reconciler.versions() == {"pricing-publisher": "0.2.0"}
+
+
+async def test_an_archive_replaced_by_a_newer_one_upgrades_and_stays(
+    watcher: DirectoryWatcher, tmp_path: Path
+) -> None:
+    """GitOps: NAME-0.2.0.tar.gz comes in, NAME-0.1.0.tar.gz goes: the package runs 0.2.0
+    (removing the old archive must not unload the package its successor upgraded)."""
+    watched = watcher.directory
+    old = pack(EXAMPLES / "pricing-publisher", "pricing-publisher", "0.1.0", watched)
+    assert await scan(watcher) == {"pricing-publisher": "loaded"}
+    source = tmp_path / "v2"
+    shutil.copytree(EXAMPLES / "pricing-publisher", source)
+    manifest = source / "package.toml"
+    manifest.write_text(manifest.read_text().replace('version = "0.1.0"', 'version = "0.2.0"'))
+    pack(source, "pricing-publisher", "0.2.0", watched)
+    old.unlink()
+    assert await scan(watcher) == {"pricing-publisher": "loaded"}
+    assert await scan(watcher) == {"pricing-publisher": "loaded"}
+    assert watcher.service.reconciler.versions() == {"pricing-publisher": "0.2.0"}
+    assert sorted(watcher.service.reconciler.runtime.accumulators) == [
+        "normalized_prices",
+        "raw_prices",
+    ]
