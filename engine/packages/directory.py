@@ -1,8 +1,9 @@
 """Directory mode: ``headrace run --packages DIR`` keeps the worker's packages in step with
 DIR, whose entries are package directories (with ``package.toml``) and ``*.tar.gz``
 archives. Polled every ``poll_interval``: a new or changed entry is loaded (a new version
-upgrades), a removed one is unloaded (retried while the guard refuses), unless another entry now holds
-the same package (a ``NAME-2.0.tar.gz`` that replaced ``NAME-1.0.tar.gz``)."""
+upgrades), a removed one is unloaded (retried while the guard refuses), unless another
+entry now holds the same package (a ``NAME-2.0.tar.gz`` that replaced ``NAME-1.0.tar.gz``).
+"""
 
 from __future__ import annotations
 
