@@ -10,6 +10,10 @@ Unloading stops the package's graphs, waits for their running fires and redelive
 stops its reactors and accumulators. The guard refuses to unload (or to upgrade away) a
 reactor or accumulator that parts of other packages still use, naming them.
 
+A package's modules are imported (and its sections resolved) in a worker thread, so a slow
+import never stalls the event loop. The process registry needs no lock of its own: only
+the reconciler changes it at run time, always under ``_lock``, one package at a time.
+
 Upgrading to a new version swaps graphs in one step on each reactor that keeps its name,
 accumulators and settings: fires from then on run the new graphs, running fires finish on
 the old ones, so no value is processed by neither and the reactor's ``latest`` /
@@ -285,9 +289,14 @@ class Reconciler:
         saved = default_registry.snapshot()
         self._serial += 1
         namespace = new_namespace(manifest, self._serial)
-        try:
-            resolved = resolve_package(
-                manifest, namespace, owners=self.owners(), worker=self.worker, environ=self.environ
+        try:  # in a thread: a slow import (or a module that sleeps) must not stall the loop
+            resolved = await asyncio.to_thread(
+                resolve_package,
+                manifest,
+                namespace,
+                owners=self.owners(),
+                worker=self.worker,
+                environ=self.environ,
             )
         except ConfigError as error:
             default_registry.restore(saved)
