@@ -135,9 +135,12 @@ def require_json(request: Request) -> None:
         )
 
 
-async def read_capped_body(request: Request, max_bytes: int) -> bytes:
-    """The body, refusing (413) one over ``max_bytes``: from ``Content-Length`` before
-    reading anything, else as soon as the streamed bytes pass the limit."""
+async def read_capped_body(
+    request: Request, max_bytes: int, setting: str = "worker.limits.max_bytes"
+) -> bytes:
+    """The body, refusing (413, naming ``setting``) one over ``max_bytes``: from
+    ``Content-Length`` before reading anything, else as soon as the streamed bytes pass
+    the limit."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -145,13 +148,14 @@ async def read_capped_body(request: Request, max_bytes: int) -> bytes:
         except ValueError:
             raise HTTPException(400, f"invalid Content-Length {declared!r}") from None
         if size > max_bytes:
-            raise HTTPException(413, _too_big(f"{size} bytes", max_bytes), headers=_CLOSE)
+            raise HTTPException(413, _too_big(f"{size} bytes", max_bytes, setting), headers=_CLOSE)
     chunks: list[bytes] = []
     received = 0
     async for chunk in request.stream():
         received += len(chunk)
         if received > max_bytes:
-            raise HTTPException(413, _too_big(f"over {max_bytes} bytes", max_bytes), headers=_CLOSE)
+            detail = _too_big(f"over {max_bytes} bytes", max_bytes, setting)
+            raise HTTPException(413, detail, headers=_CLOSE)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -159,8 +163,8 @@ async def read_capped_body(request: Request, max_bytes: int) -> bytes:
 _CLOSE = {"Connection": "close"}  # do not read (and discard) the rest of the body
 
 
-def _too_big(size: str, max_bytes: int) -> str:
-    return f"body is {size}; the limit is {max_bytes} bytes (worker.limits.max_bytes)"
+def _too_big(size: str, max_bytes: int, setting: str) -> str:
+    return f"body is {size}; the limit is {max_bytes} bytes ({setting})"
 
 
 __all__ = [

@@ -19,6 +19,9 @@ from headrace.engine.ops.http_guard import read_capped_body
 from headrace.engine.packages.reconciler import PackageInUse, UnknownPackage
 from headrace.engine.packages.service import PackageExists, PackageRejected, PackageService
 
+MAX_ARCHIVE_SETTING = "[worker.packages] max_archive_bytes"
+"""What an oversized upload's 413 names (not the push-body limit)."""
+
 
 class Created(BaseModel):
     name: str
@@ -84,7 +87,7 @@ def packages_router(
     )
     async def upload(request: Request) -> Any:
         """Upload a package archive (NAME-VERSION.tar.gz); it loads in the background."""
-        body = await read_capped_body(request, max_bytes)
+        body = await read_capped_body(request, max_bytes, MAX_ARCHIVE_SETTING)
         try:
             data = archive_from(body, request.headers.get("content-type", ""))
             created = await service.upload(data)

@@ -177,7 +177,7 @@ def test_bad_packages_get_4xx_or_a_failed_status_and_the_worker_keeps_running(
     expected = {
         "traversal": (400, "p-1.0/../../x.py: path leaves the package"),
         "link": (400, "p-1.0/nodes.py: links are not allowed (-> /etc/passwd)"),
-        "oversized": (413, "the limit is 200000 bytes"),
+        "oversized": (413, "the limit is 200000 bytes ([worker.packages] max_archive_bytes)"),
         "manifest": (400, "p-1.0/package.toml: package.version: not a PEP 440 version: 'one'"),
     }
     for case, data in bad_archives(tmp_path).items():

@@ -133,7 +133,21 @@ async def test_bad_archives_get_400_with_reasons(service: PackageService, case: 
     assert service.reconciler.packages == {}
 
 
-async def test_upload_over_the_package_limit_is_413(service: PackageService) -> None:
+async def test_upload_over_the_package_limit_is_413_naming_that_limit(
+    service: PackageService,
+) -> None:
+    async def streamed() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        for _ in range(5):
+            yield bytes(1000)
+
     async with client(service, packages_max_bytes=1000) as http:
-        response = await http.post("/v1/packages", content=bytes(5000), headers=AUTH)
-    assert response.status_code == 413
+        declared = await http.post("/v1/packages", content=bytes(5000), headers=AUTH)
+        counted = await http.post("/v1/packages", content=streamed(), headers=AUTH)
+    assert declared.status_code == counted.status_code == 413
+    assert declared.json()["detail"] == (
+        "body is 5000 bytes; the limit is 1000 bytes ([worker.packages] max_archive_bytes)"
+    )
+    assert counted.json()["detail"] == (
+        "body is over 1000 bytes; the limit is 1000 bytes ([worker.packages] max_archive_bytes)"
+    )
+    assert service.reconciler.packages == {}
