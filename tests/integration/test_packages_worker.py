@@ -272,17 +272,12 @@ def group_topics(bootstrap: str, group: str) -> set[str]:
 
 @pytest.mark.kafka
 def test_kafka_package_joins_and_leaves_the_group_without_disturbing_other_topics(
-    kafka_bootstrap: str, tmp_path: Path
+    headrace_worker: Any, kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
 ) -> None:
-    from tests.fixtures.kafka_broker import (
-        committed_offsets,
-        create_topic,
-        produce_json,
-        unique_topic,
-    )
+    from tests.fixtures.kafka_broker import committed_offsets
 
-    ticks = create_topic(kafka_bootstrap, unique_topic("pkg-ticks"), partitions=2)
-    books = create_topic(kafka_bootstrap, unique_topic("pkg-books"), partitions=2)
+    ticks = kafka_topic(2, prefix="pkg-ticks")
+    books = kafka_topic(2, prefix="pkg-books")
     group = f"pkg-{uuid.uuid4().hex[:8]}"
     (tmp_path / "tick_nodes.py").write_text("def seen(ticks):\n    return ticks\n")
     config = tmp_path / "worker.toml"
@@ -294,57 +289,47 @@ def test_kafka_package_joins_and_leaves_the_group_without_disturbing_other_topic
         "PRICE_ORDERBOOK_TOPIC": books,
         "STATE_DB": str(tmp_path / "state.db"),
     }
-    worker = HeadraceWorker([config], env=env, cwd=tmp_path, token=TOKEN, bootstrap=kafka_bootstrap)
-    try:
-        worker.ready(timeout=120)
-        produce_json(
-            kafka_bootstrap, ticks, [{"n": i} for i in range(20)], key=lambda v: str(v["n"])
-        )
-        wait_results(worker, "ticks_graph", 20)
-        wait_committed(kafka_bootstrap, group, ticks, 20)
-        revoked_before = len(worker.events("partitions revoked"))
+    worker = headrace_worker(config, env=env, cwd=tmp_path, token=TOKEN)
+    worker.ready(timeout=120)
+    worker.produce_json(ticks, [{"n": i} for i in range(20)], key=lambda v: str(v["n"]))
+    wait_results(worker, "ticks_graph", 20)
+    wait_committed(kafka_bootstrap, group, ticks, 20)
+    revoked_before = len(worker.events("partitions revoked"))
 
-        archive = pack(EXAMPLES / "price-signal", "price-signal", "0.1.0", tmp_path)
-        assert call("POST", worker, "/v1/packages", content=archive.read_bytes()).status_code == 201
-        wait_status(worker, "price-signal", "loaded")
-        books_values = [
-            {"symbol": "BTC", "best_bid": 100 + i, "best_ask": 102 + i, "seq": i} for i in range(30)
-        ]
-        produce_json(kafka_bootstrap, books, books_values, key=lambda v: str(v["seq"]))
-        produce_json(
-            kafka_bootstrap, ticks, [{"n": i} for i in range(20, 30)], key=lambda v: str(v["n"])
-        )
-        wait_results(worker, "price_signal", 30)
-        wait_results(worker, "ticks_graph", 30)
-        wait_committed(kafka_bootstrap, group, books, 30)
-        wait_committed(kafka_bootstrap, group, ticks, 30)
-        # incremental: adding the topic revoked none of the ticks partitions
-        revoked = [
-            e
-            for e in worker.events("partitions revoked")[revoked_before:]
-            if any(ticks in p for p in e.get("partitions", []))
-        ]
-        assert revoked == []
-        assert group_topics(kafka_bootstrap, group) == {ticks, books}
-        results = results_of(worker, "price_signal")
-        assert sorted(r["outputs"]["signal"]["seq"] for r in results) == list(range(30))
+    archive = pack(EXAMPLES / "price-signal", "price-signal", "0.1.0", tmp_path)
+    assert call("POST", worker, "/v1/packages", content=archive.read_bytes()).status_code == 201
+    wait_status(worker, "price-signal", "loaded")
+    books_values = [
+        {"symbol": "BTC", "best_bid": 100 + i, "best_ask": 102 + i, "seq": i} for i in range(30)
+    ]
+    worker.produce_json(books, books_values, key=lambda v: str(v["seq"]))
+    worker.produce_json(ticks, [{"n": i} for i in range(20, 30)], key=lambda v: str(v["n"]))
+    wait_results(worker, "price_signal", 30)
+    wait_results(worker, "ticks_graph", 30)
+    wait_committed(kafka_bootstrap, group, books, 30)
+    wait_committed(kafka_bootstrap, group, ticks, 30)
+    # incremental: adding the topic revoked none of the ticks partitions
+    revoked = [
+        e
+        for e in worker.events("partitions revoked")[revoked_before:]
+        if any(ticks in p for p in e.get("partitions", []))
+    ]
+    assert revoked == []
+    assert group_topics(kafka_bootstrap, group) == {ticks, books}
+    results = results_of(worker, "price_signal")
+    assert sorted(r["outputs"]["signal"]["seq"] for r in results) == list(range(30))
 
-        assert call("DELETE", worker, "/v1/packages/price-signal").status_code == 200
-        deadline = time.monotonic() + 60
-        while group_topics(kafka_bootstrap, group) != {ticks}:
-            assert time.monotonic() < deadline, group_topics(kafka_bootstrap, group)
-            time.sleep(0.2)
-        assert sum(committed_offsets(kafka_bootstrap, group, books).values()) == 30
-        produce_json(
-            kafka_bootstrap, books, [{"symbol": "X", "best_bid": 1, "best_ask": 2, "seq": 99}]
-        )
-        produce_json(kafka_bootstrap, ticks, [{"n": 30}], key="30")
-        wait_results(worker, "ticks_graph", 31)  # the other topic runs on
-        assert len(results_of(worker, "price_signal")) == 30  # the deleted one does not
-        assert worker.stop() == 0
-    finally:
-        if worker.returncode is None:
-            worker.kill()
+    assert call("DELETE", worker, "/v1/packages/price-signal").status_code == 200
+    deadline = time.monotonic() + 60
+    while group_topics(kafka_bootstrap, group) != {ticks}:
+        assert time.monotonic() < deadline, group_topics(kafka_bootstrap, group)
+        time.sleep(0.2)
+    assert sum(committed_offsets(kafka_bootstrap, group, books).values()) == 30
+    worker.produce_json(books, [{"symbol": "X", "best_bid": 1, "best_ask": 2, "seq": 99}])
+    worker.produce_json(ticks, [{"n": 30}], key="30")
+    wait_results(worker, "ticks_graph", 31)  # the other topic runs on
+    assert len(results_of(worker, "price_signal")) == 30  # the deleted one does not
+    assert worker.stop() == 0
 
 
 def wait_results(worker: HeadraceWorker, graph: str, count: int, timeout: float = 90) -> None:
@@ -508,15 +493,15 @@ def test_notify_deploys_to_the_other_worker_long_before_its_poll(
 
 
 @pytest.mark.kafka
-def test_upgrade_under_load_loses_nothing(kafka_bootstrap: str, tmp_path: Path) -> None:
+def test_upgrade_under_load_loses_nothing(
+    headrace_worker: Any, kafka_topic: Any, tmp_path: Path
+) -> None:
     """Messages flow while price-signal 0.1.0 is replaced by 0.2.0: every offset reaches one
     version's graph (0 lost); duplicates are counted and reported."""
     import shutil
     import threading
 
-    from tests.fixtures.kafka_broker import create_topic, produce_json, unique_topic
-
-    books = create_topic(kafka_bootstrap, unique_topic("pkg-upgrade"), partitions=3)
+    books = kafka_topic(3, prefix="pkg-upgrade")
     config = tmp_path / "worker.toml"
     config.write_text(KAFKA_WORKER.split("[accumulators.ticks]")[0].replace("[sinks.log]", ""))
     env = {
@@ -533,52 +518,48 @@ def test_upgrade_under_load_loses_nothing(kafka_bootstrap: str, tmp_path: Path) 
     nodes.write_text(
         nodes.read_text().replace('"spread": ask - bid,', '"spread": ask - bid, "v": 2,')
     )
-    worker = HeadraceWorker([config], env=env, cwd=tmp_path, token=TOKEN, bootstrap=kafka_bootstrap)
+    worker = headrace_worker(config, env=env, cwd=tmp_path, token=TOKEN)
     total = 3_000
-    try:
-        worker.ready(timeout=120)
-        first = pack(EXAMPLES / "price-signal", "price-signal", "0.1.0", tmp_path)
-        assert call("POST", worker, "/v1/packages", content=first.read_bytes()).status_code == 201
-        wait_status(worker, "price-signal", "loaded")
+    worker.ready(timeout=120)
+    first = pack(EXAMPLES / "price-signal", "price-signal", "0.1.0", tmp_path)
+    assert call("POST", worker, "/v1/packages", content=first.read_bytes()).status_code == 201
+    wait_status(worker, "price-signal", "loaded")
 
-        def produce() -> None:
-            for start in range(0, total, 100):
-                values = [
-                    {"symbol": "BTC", "best_bid": 1, "best_ask": 3, "seq": i}
-                    for i in range(start, start + 100)
-                ]
-                produce_json(kafka_bootstrap, books, values, key=lambda v: str(v["seq"]))
-                time.sleep(0.05)
+    def produce() -> None:
+        for start in range(0, total, 100):
+            values = [
+                {"symbol": "BTC", "best_bid": 1, "best_ask": 3, "seq": i}
+                for i in range(start, start + 100)
+            ]
+            worker.produce_json(books, values, key=lambda v: str(v["seq"]))
+            time.sleep(0.05)
 
-        producer = threading.Thread(target=produce)
-        producer.start()
-        wait_results(worker, "price_signal", 300)
-        second = pack(v2, "price-signal", "0.2.0", tmp_path)
-        assert call("POST", worker, "/v1/packages", content=second.read_bytes()).status_code == 201
-        upgraded = wait_status(worker, "price-signal", "loaded")
-        assert upgraded["version"] == "0.2.0"
-        producer.join(timeout=120)
-        assert not producer.is_alive()
-        deadline = time.monotonic() + 120
-        while True:
-            seqs = [r["outputs"]["signal"]["seq"] for r in results_of(worker, "price_signal")]
-            if set(seqs) >= set(range(total)) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        lost = sorted(set(range(total)) - set(seqs))
-        duplicates = len(seqs) - len(set(seqs))
-        versions = [
-            "0.2.0" if r["outputs"]["signal"].get("v") == 2 else "0.1.0"
-            for r in results_of(worker, "price_signal")
-        ]
-        print(
-            f"upgrade under load (real broker): {total} messages, {len(seqs)} results, "
-            f"lost {len(lost)}, duplicates {duplicates}, by 0.1.0 {versions.count('0.1.0')}, "
-            f"by 0.2.0 {versions.count('0.2.0')}"
-        )
-        assert lost == [], lost[:20]
-        assert versions.count("0.1.0") >= 300 and versions.count("0.2.0") > 0
-        assert worker.stop() == 0
-    finally:
-        if worker.returncode is None:
-            worker.kill()
+    producer = threading.Thread(target=produce)
+    producer.start()
+    wait_results(worker, "price_signal", 300)
+    second = pack(v2, "price-signal", "0.2.0", tmp_path)
+    assert call("POST", worker, "/v1/packages", content=second.read_bytes()).status_code == 201
+    upgraded = wait_status(worker, "price-signal", "loaded")
+    assert upgraded["version"] == "0.2.0"
+    producer.join(timeout=120)
+    assert not producer.is_alive()
+    deadline = time.monotonic() + 120
+    while True:
+        seqs = [r["outputs"]["signal"]["seq"] for r in results_of(worker, "price_signal")]
+        if set(seqs) >= set(range(total)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    lost = sorted(set(range(total)) - set(seqs))
+    duplicates = len(seqs) - len(set(seqs))
+    versions = [
+        "0.2.0" if r["outputs"]["signal"].get("v") == 2 else "0.1.0"
+        for r in results_of(worker, "price_signal")
+    ]
+    print(
+        f"upgrade under load (real broker): {total} messages, {len(seqs)} results, "
+        f"lost {len(lost)}, duplicates {duplicates}, by 0.1.0 {versions.count('0.1.0')}, "
+        f"by 0.2.0 {versions.count('0.2.0')}"
+    )
+    assert lost == [], lost[:20]
+    assert versions.count("0.1.0") >= 300 and versions.count("0.2.0") > 0
+    assert worker.stop() == 0
