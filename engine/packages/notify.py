@@ -43,6 +43,8 @@ class PackageListener:
         self.connected = False
         self.notifications = 0
         self.reconnects = 0
+        self.sleep = asyncio.sleep
+        """Waits between connection attempts (a test replaces it)."""
 
     async def _connect(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
         args, options = self.engine.dialect.create_connect_args(self.engine.url)
@@ -67,7 +69,7 @@ class PackageListener:
                     error=str(error).strip(),
                     retry_in=delay,
                 )
-                await asyncio.sleep(delay)
+                await self.sleep(delay)
                 delay = min(delay * 2, self.backoff[1])
                 continue
             delay = self.backoff[0]

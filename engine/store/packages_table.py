@@ -50,7 +50,9 @@ CHANNEL = "headrace_packages"
 """The PostgreSQL NOTIFY channel of package changes (payload: the package name)."""
 
 STALE_AFTER_POLLS = 3
-"""A worker whose heartbeat is older than this many of its poll intervals is ``stale``."""
+STALE_AFTER_SECONDS = 30.0
+"""A worker whose heartbeat is older than this many of its poll intervals, and than this
+many seconds (a busy machine delays a short poll), is ``stale``."""
 
 
 def notify(conn: sa.Connection, name: str) -> None:
@@ -166,7 +168,8 @@ class PackageTable:
         out: dict[str, dict[str, Any]] = {
             b.worker: {
                 "heartbeat": b.heartbeat,
-                "stale": now - b.heartbeat > STALE_AFTER_POLLS * b.poll_interval,
+                "stale": now - b.heartbeat
+                > max(STALE_AFTER_POLLS * b.poll_interval, STALE_AFTER_SECONDS),
                 "waiting_for_uploads": bool(b.waiting_for_uploads),
                 "packages": {},
             }

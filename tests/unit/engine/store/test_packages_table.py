@@ -27,8 +27,12 @@ def test_workers_beat_go_stale_and_leave(tmp_path: Path) -> None:
         assert fleet["idle"]["packages"] == {}
         busy = fleet["busy"]["packages"]["p"]
         assert (busy["version"], busy["status"], busy["error"]) == ("1.0", "failed", "boom")
-        # 10 s without a beat: stale at a 2 s poll interval (3 polls), not at 60 s
-        later = fleet["idle"]["heartbeat"] + 10
+        # 40 s without a beat: stale at a 2 s poll interval (past 3 polls and 30 s), not at
+        # 60 s (3 polls are 180 s)
+        assert not any(
+            w["stale"] for w in table.workers(now=fleet["idle"]["heartbeat"] + 10).values()
+        )
+        later = fleet["idle"]["heartbeat"] + 40
         assert {w: v["stale"] for w, v in table.workers(now=later).items()} == {
             "idle": True,
             "busy": False,
