@@ -116,7 +116,11 @@ class PackageService:
         waits for uploads; with a package table, every worker of the fleet (``workers``)."""
         body: dict[str, Any] = {"worker": self.worker_id, **self.reconciler.health()}
         if self.table is not None:
-            body["workers"] = await asyncio.to_thread(self.table.workers)
+            try:
+                body["workers"] = await asyncio.to_thread(self.table.workers)
+            except Exception as error:  # the store is away: this worker's part still answers
+                body["workers"] = None
+                body["workers_error"] = f"{type(error).__name__}: {error}"
         return body
 
     def get(self, name: str) -> dict[str, Any]:

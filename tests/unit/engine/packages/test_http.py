@@ -151,3 +151,18 @@ async def test_upload_over_the_package_limit_is_413_naming_that_limit(
         "body is over 1000 bytes; the limit is 1000 bytes ([worker.packages] max_archive_bytes)"
     )
     assert service.reconciler.packages == {}
+
+
+async def test_health_answers_when_the_fleet_view_cannot_be_read(service: PackageService) -> None:
+    class AwayTable:
+        def workers(self) -> dict[str, Any]:
+            raise ConnectionError("state store unreachable")
+
+    service.table = AwayTable()
+    async with client(service) as http:
+        response = await http.get("/v1/health", headers=AUTH)
+    assert response.status_code == 200, response.text
+    packages = response.json()["packages"]
+    assert (packages["waiting_for_uploads"], packages["packages"]) == (True, [])
+    assert packages["workers"] is None
+    assert packages["workers_error"] == "ConnectionError: state store unreachable"
