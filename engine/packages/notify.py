@@ -5,8 +5,10 @@ worker sharing the state store at once, not at its next poll.
 so the notification goes out only if the change commits. ``PackageListener`` keeps a psycopg
 connection of its own LISTENing and calls ``wake`` on every notification and after every
 (re)connect (what was sent while it was away is lost, so it catches up once). A dropped
-connection is noticed within ``check_interval`` (a ``select 1`` between waits) and
-reopened with backoff. Polling stays the fallback, and the only way on SQLite.
+connection is noticed within ``check_interval`` (a ``select 1`` between waits, itself
+bounded by ``check_interval``) and reopened with backoff (doubling while the server
+refuses; the shortest wait after a drop). Polling stays the fallback, and the only way on
+SQLite.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class PackageListener:
         args, options = self.engine.dialect.create_connect_args(self.engine.url)
         options.pop("context", None)  # SQLAlchemy's adapters: not needed to listen
         options.setdefault("application_name", self.application_name)
+        options.setdefault("connect_timeout", max(1, round(self.check_interval * 2)))
         conn = await psycopg.AsyncConnection.connect(*args, autocommit=True, **options)
         try:
             await conn.execute(f"LISTEN {CHANNEL}")
@@ -82,12 +85,15 @@ class PackageListener:
                         async for _ in conn.notifies(timeout=self.check_interval):
                             self.notifications += 1
                             self.wake()
-                        await conn.execute("select 1")  # a dead connection raises here
-            except psycopg.Error as error:
+                        # a dead connection raises here; a silent one times out
+                        await asyncio.wait_for(conn.execute("select 1"), self.check_interval)
+            except (psycopg.Error, TimeoutError) as error:
                 self.reconnects += 1
                 log.warning(
                     "package notifications: connection lost; reconnecting",
                     error=str(error).strip(),
+                    retry_in=self.backoff[0],
                 )
             finally:
                 self.connected = False
+            await self.sleep(self.backoff[0])  # a server that drops every connection at once

@@ -74,9 +74,9 @@ async def test_backoff_reconnect_and_wakes(monkeypatch: pytest.MonkeyPatch) -> N
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert sleeps == [0.5, 1.0, 1.5]  # doubling, capped at the maximum
-    # connect, 2 notifications; reconnect at once (no backoff after a working connection)
-    assert wakes == ["wake"] * 4
+    # refused: doubling, capped at the maximum; dropped: the shortest wait, twice
+    assert sleeps == [0.5, 1.0, 1.5, 0.5, 0.5]
+    assert wakes == ["wake"] * 4  # 2 connects, 2 notifications
     assert listener.notifications == 2
     assert listener.reconnects == 2
     assert all(c.closed for c in connections) and listener.connected is False
