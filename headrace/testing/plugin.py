@@ -97,9 +97,9 @@ def headrace_worker(
     """Factory: ``headrace_worker(*toml_files, env=None, cwd=None, token=None, kafka=True,
     in_process=False, args=())`` starts ``headrace run`` in a subprocess (a
     ``HeadraceWorker``; ``args`` follow the files), or the same worker in this process (an
-    ``InProcessWorker``). With ``kafka`` (default) it
-    gets the session broker as ``KAFKA_BOOTSTRAP_SERVERS``. Workers still running at the
-    end are killed; in-process declarations are undone."""
+    ``InProcessWorker``). With ``kafka`` (default) it gets the session broker as
+    ``KAFKA_BOOTSTRAP_SERVERS``. Workers still running at the end are killed; in-process
+    declarations are undone."""
     from headrace.testing.worker import HeadraceWorker, InProcessWorker
 
     started: list[HeadraceWorker | InProcessWorker] = []

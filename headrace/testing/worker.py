@@ -124,8 +124,8 @@ class HeadraceWorker(_WorkerClient):
     ``log_format`` is passed as ``--log-format`` (``None``: the worker's default, JSON off
     a terminal). ``stdout_path``/``stderr_path`` keep a copy of each stream in a file, line
     by line as it arrives. ``args`` go after the files (``["--packages", DIR]``). With
-    ``die_with_parent`` (Linux) the worker is SIGKILLed when the
-    thread that started it ends, so a crashed test run leaves no worker behind.
+    ``die_with_parent`` (Linux) the worker is SIGKILLed when the thread that started it
+    ends, so a crashed test run leaves no worker behind.
     """
 
     def __init__(
