@@ -203,13 +203,22 @@ async def test_upgrade_under_load_loses_nothing(stack: Any, tmp_path: Path) -> N
     await add(
         service, counter_package(tmp_path, "alpha", "1.0", "v1", "feed_a", "rx_a", "sequential")
     )
-    total = 2_000
+    upgraded = asyncio.Event()
+    pushed = 0
 
     async def pump() -> None:
-        for v in range(total):
-            await runtime.push("feed_a", {"v": v})
-            if v % 50 == 0:
+        """At least 2,000 values, and 500 more after v2 loaded (the import runs in a
+        thread, so the pushes do not wait for it)."""
+        nonlocal pushed
+        until: int | None = None
+        while pushed < 2_000 or until is None or pushed < until:
+            await runtime.push("feed_a", {"v": pushed})
+            pushed += 1
+            if pushed % 50 == 0:
                 await asyncio.sleep(0)
+            if until is None and upgraded.is_set():
+                until = pushed + 500
+            assert pushed < 1_000_000, "the upgrade never finished"
 
     pumping = asyncio.create_task(pump())
     while not outputs.of("g_feed_a"):
@@ -218,8 +227,10 @@ async def test_upgrade_under_load_loses_nothing(stack: Any, tmp_path: Path) -> N
         counter_package(tmp_path / "2", "alpha", "2.0", "v2", "feed_a", "rx_a", "sequential")
     )
     await service.reconciler.settle()
+    upgraded.set()
     await pumping
     await runtime.wait_idle()
+    total = pushed
     seen = [o["out"]["v"] for o in outputs.of("g_feed_a")]
     tags = {o["out"]["tag"] for o in outputs.of("g_feed_a")}
     assert tags == {"v1", "v2"}  # the switch happened while values flowed
