@@ -109,6 +109,7 @@ class TransactionalProducer:
         self._offsets_sent = 0
         self.doomed = False
         """A message of the open transaction failed: it can only abort."""
+        self._doom_next: str | None = None
         self.stuck = False
         """A call never returned: the client is abandoned on ``restart``."""
         self.on_doomed: Callable[[], None] | None = None
@@ -173,6 +174,17 @@ class TransactionalProducer:
         self.doomed = False
         self.is_open = True
         self._open.set()
+        if self._doom_next is not None:
+            reason, self._doom_next = self._doom_next, None
+            self._failed_in_transaction(RuntimeError(reason))
+
+    def doom(self, reason: str) -> None:
+        """A writer could not put a record it needs into the transaction: it must abort
+        (its inputs are consumed again). Between transactions, the next one is doomed."""
+        if self.is_open:
+            self._failed_in_transaction(RuntimeError(reason))
+        else:
+            self._doom_next = reason
 
     # -- the poll thread ---------------------------------------------------------------
     def _on_delivery(self, delivered: Delivered, error: Any, _msg: Any) -> None:

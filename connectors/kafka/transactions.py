@@ -180,6 +180,8 @@ class TransactionCoordinator:
         self._opened_at = clock()
         self._taken_at_commit: dict[int, int] = {}
         self._abort_listeners: list[Callable[[list[TP]], None]] = []
+        self._commit_listeners: list[Callable[[], None]] = []
+        self._busy: list[Callable[[], bool]] = []
         self.stats: dict[str, Any] = {
             "committed": 0,
             "aborted": 0,
@@ -209,6 +211,15 @@ class TransactionCoordinator:
         """``listener(partitions)`` runs on the loop after an abort rewound ``partitions``
         (keyed caches reload from their changelog, say)."""
         self._abort_listeners.append(listener)
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """``listener()`` runs on the loop after each transaction committed."""
+        self._commit_listeners.append(listener)
+
+    def add_busy(self, busy: Callable[[], bool]) -> None:
+        """A commit's barrier also waits while ``busy()`` (work on inputs already acked, say
+        a keyed fire on values the changelog holds: its outputs belong to this transaction)."""
+        self._busy.append(busy)
 
     async def start(self, runtime: Runtime | None = None) -> None:
         """Open the producer (fences older instances of its id) and start the commit timer;
@@ -289,6 +300,7 @@ class TransactionCoordinator:
                 for s in self.sources
             )
             and not self.in_flight()
+            and not any(busy() for busy in self._busy)
         )
 
     async def _barrier(self, callback: Participant | None) -> bool:
@@ -381,6 +393,11 @@ class TransactionCoordinator:
                 return False
         for positions, source in offsets:
             source.tracker.mark_committed(positions)  # type: ignore[arg-type]
+        for listener in self._commit_listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("commit listener failed")
         await self.producer.begin()
         return True
 

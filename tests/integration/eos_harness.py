@@ -13,6 +13,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
+from headrace.testing.kafka import TopicReader
 from tests.fixtures.kafka_broker import partitions_of
 from tests.integration.chaos import DeadLetterReader, SignalReader, write_soak_app
 
@@ -66,6 +67,14 @@ class CommittedSignals(SignalReader):
 
 class CommittedDeadLetters(DeadLetterReader):
     """The soak's message dead letters as a ``read_committed`` consumer sees them."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(bootstrap, topic)
+        _read_committed(self, bootstrap, topic)
+
+
+class CommittedRecords(TopicReader):
+    """Any topic as a ``read_committed`` consumer sees it (subclasses override ``handle``)."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         super().__init__(bootstrap, topic)
