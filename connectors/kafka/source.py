@@ -1028,6 +1028,10 @@ class KafkaSource:
     def taken(self) -> int:
         return int(self.stats["messages"])
 
+    @property
+    def dead_letters_in_flight(self) -> int:
+        return self.dead_letter_budget.count
+
     def forget_uncommitted(self, exclude: Iterable[TP] = ()) -> dict[TP, int | None]:
         """Event loop: drop the state of partitions that took inputs since their last
         commit and queue a seek back to it (None: the group's committed offset)."""

@@ -293,22 +293,35 @@ class TransactionCoordinator:
     def in_flight(self) -> int:
         return sum(s.tracker.in_flight() for s in self.sources)
 
-    def _quiet(self, callback: Participant | None) -> bool:
+    def _quiet(self, callback: Participant | None, held_ok: bool) -> bool:
         return (
             all(
                 id(s) in self._parked or s.in_callback or not s.fetching or s is callback
                 for s in self.sources
             )
-            and not self.in_flight()
+            and (not self.in_flight() or (held_ok and self._only_held()))
             and not any(busy() for busy in self._busy)
         )
 
-    async def _barrier(self, callback: Participant | None) -> bool:
-        """Hold the sources and wait until every taken input is handled; False on timeout."""
+    def _only_held(self) -> bool:
+        """Every input still in flight is held by a reactor that waits for more (a
+        ``when_all`` for its other half, a batch for its flush): no reactor fires or owes a
+        fire, no dead letter is on its way. A commit leaves those inputs out (each
+        partition's position stops below its lowest one) instead of waiting for them."""
+        reactors = getattr(self.runtime, "reactors", None)
+        if reactors is None:
+            return False
+        if any(loop.busy for loop in reactors.values()):
+            return False
+        return not any(getattr(s, "dead_letters_in_flight", 0) for s in self.sources)
+
+    async def _barrier(self, callback: Participant | None, held_ok: bool = False) -> bool:
+        """Hold the sources and wait until every taken input is handled (``held_ok``: or
+        held by a waiting reactor, see ``_only_held``); False on timeout."""
         self._hold = True
         self._released.clear()
         deadline = self.clock() + self.barrier_timeout
-        while not self._quiet(callback):
+        while not self._quiet(callback, held_ok):
             if self.clock() >= deadline or self._failed():
                 return False
             await asyncio.sleep(0.002)
@@ -351,12 +364,12 @@ class TransactionCoordinator:
                 return False
             started = self.clock()
             try:
-                settled = await self._barrier(callback)
+                settled = await self._barrier(callback, held_ok=True)
                 if not settled:
                     self.stats["barrier_timeouts"] += 1
                     log.warning(
                         "transaction commits with inputs still in flight: their outputs may "
-                        "repeat after a crash (a reactor holds values, or a sink is stuck)",
+                        "repeat after a crash (a fire or a sink is stuck)",
                         reason=reason,
                         in_flight=self.in_flight(),
                         barrier_timeout=self.barrier_timeout,
