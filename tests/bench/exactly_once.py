@@ -162,7 +162,7 @@ def main() -> int:
                 print(
                     f"round {round_ + 1}: {guarantee:13s} commit_interval {interval:4.2f}s: "
                     f"{rate:9,.0f} msg/s; at {args.rate} msg/s p50 {p50s[run][-1]:7.1f} ms, "
-                    f"p99 {p99s[run][-1]:7.1f} ms ({len(samples)} outputs)",
+                    f"p99 {p99s[run][-1]:7.1f} ms ({len(samples)} outputs; load {load():.1f})",
                     flush=True,
                 )
     print(f"load average {load():.1f} at the end; medians of {args.rounds} rounds:")
