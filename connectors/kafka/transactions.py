@@ -7,9 +7,13 @@ sources (``guarantee="exactly_once"``) read with ``isolation.level=read_committe
 commit offsets themselves, and park at ``gate`` whenever a transaction ends.
 
 Ending a transaction is a barrier: the sources stop fetching, every taken input is
-handled (its outputs are in the transaction), then the input positions go in with
-``send_offsets_to_transaction`` (the consumer's group metadata, KIP-447) and the
-transaction commits; the next one begins at once. Commits happen every
+handled (its outputs are in the transaction) or held by a reactor that waits for more (a
+``when_all`` half, a batch before its flush: the positions stop below it), and no
+``add_busy`` probe is busy (a keyed reactor firing on values its changelog already
+holds); then the input positions go in with ``send_offsets_to_transaction`` (the
+consumer's group metadata, KIP-447) and the transaction commits (``add_commit_listener``
+hears of it); the next one begins at once. A writer that cannot put a record it needs
+into the transaction dooms it (``TransactionalProducer.doom``): it aborts. Commits happen every
 ``commit_interval`` seconds or after ``max_inputs`` inputs, on revoke (synchronously,
 before the partitions go) and on close. On lost partitions, or an abortable error, the
 transaction is aborted and every partition is rewound to its last committed offset, its
