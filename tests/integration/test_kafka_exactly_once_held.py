@@ -157,7 +157,7 @@ def test_a_when_all_holding_inputs_across_commits_under_sigkills(
     finally:
         reader.close()
     repeated = {pair: n for pair, n in reader.pairs.items() if n > 1}
-    warnings = worker.events(IN_FLIGHT_WARNING)
+    warnings = [e for e in worker.events() if str(e.get("event")).startswith(IN_FLIGHT_WARNING)]
     matched = sum(n for (left, right), n in reader.pairs.items() if left == right)
     print(
         f"\nheld when_all exactly-once: {PAIRS} pairs, {kills} SIGKILLs, "
