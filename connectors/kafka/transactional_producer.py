@@ -12,8 +12,8 @@ coming and their inputs will be consumed again).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
+import queue
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -67,6 +67,53 @@ class TransactionalCallStuck(RuntimeError):
     (confluentinc/librdkafka#5456, #5511). The client is abandoned and a new one made."""
 
 
+class CallThread:
+    """One daemon thread running blocking calls in order. A call stuck for good (see
+    ``TransactionalCallStuck``) is abandoned with it and never holds the process's exit
+    back, which a ``ThreadPoolExecutor`` thread would (the interpreter joins those)."""
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            loop, future, fn, args = item
+            try:
+                result = fn(*args)
+            except BaseException as error:
+                with contextlib.suppress(RuntimeError):  # loop closed
+                    loop.call_soon_threadsafe(_fail, future, error)
+            else:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_succeed, future, result)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put((loop, future, fn, args))
+        return future
+
+    def shutdown(self, wait: bool) -> None:
+        self._queue.put(None)
+        if wait:
+            self._thread.join()
+
+
+def _succeed(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
 class TransactionalProducer:
     """Produces inside the open transaction; ``commit``/``abort`` end it and open the next."""
 
@@ -113,7 +160,7 @@ class TransactionalProducer:
         self.on_doomed: Callable[[], None] | None = None
         self._client: TransactionalClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._calls: concurrent.futures.ThreadPoolExecutor | None = None
+        self._calls: CallThread | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._open = asyncio.Event()
@@ -138,8 +185,8 @@ class TransactionalProducer:
         return self._client is None or (self._thread is not None and self._thread.is_alive())
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        assert self._loop is not None and self._calls is not None
-        return await self._loop.run_in_executor(self._calls, fn, *args)
+        assert self._calls is not None
+        return await self._calls.call(fn, *args)
 
     async def _bounded(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``_call`` a transactional API that takes ``operation_timeout``, with a deadline
@@ -160,7 +207,7 @@ class TransactionalProducer:
         if self._client is not None:
             return
         self._loop = asyncio.get_running_loop()
-        self._calls = concurrent.futures.ThreadPoolExecutor(1, "headrace-transactions")
+        self._calls = CallThread("headrace-transactions")
         self._client = self.client_factory(self.config)
         self._stopping.clear()
         self.deliveries.open(self._loop)
