@@ -42,7 +42,8 @@ test-fast: install
 soak: install
 	HEADRACE_SOAK=long $(BIN)/pytest -q -s -p no:cacheprovider tests/integration/test_chaos_soak.py \
 		tests/integration/test_kafka_keyed_changelog.py \
-		tests/integration/test_kafka_exactly_once.py
+		tests/integration/test_kafka_exactly_once.py \
+		tests/integration/test_kafka_exactly_once_keyed.py
 
 lint: install
 	$(BIN)/ruff check .

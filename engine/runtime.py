@@ -50,7 +50,9 @@ class Runtime:
     By default it runs every registered graph, the reactors they bind to and the
     accumulators those reactors watch. ``sinks`` receive every graph's results;
     ``graph_sinks`` adds sinks for single graphs. ``clock`` times polling and batch
-    accumulators (tests pass ``headrace.testing.FakeClock``).
+    accumulators (tests pass ``headrace.testing.FakeClock``). ``guarantee="exactly_once"``
+    needs Kafka sources of that guarantee sharing one ``TransactionCoordinator``: the Kafka
+    sinks and Kafka dead letters then write inside its transactions.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class Runtime:
         channel_size: int | None = None,
         redelivery_timeout: float = 30.0,
         clock: Clock = SYSTEM_CLOCK,
+        guarantee: str = "at_least_once",
     ) -> None:
         self._graph_refs = graphs
         self._reactor_refs = reactors
@@ -85,6 +88,14 @@ class Runtime:
         self.bound: dict[str, BoundGraphs] = {}
         self.started_at: float | None = None
         self.supervisor = Supervisor()
+        self.guarantee = guarantee
+        if guarantee != "at_least_once" or any(
+            getattr(s, "guarantee", None) == "exactly_once" for s in self.sources
+        ):  # Kafka sinks and dead letters write in the sources' transactions
+            from headrace.engine.transactions import join_runtime
+
+            every_sink = [*self.sinks, *(s for ss in self.graph_sinks.values() for s in ss)]
+            join_runtime(guarantee, self.sources, every_sink, self.dead_letters)
         self._running = False
         self._stopped = False
 

@@ -201,10 +201,6 @@ class Worker:
         self.sinks = {name: self.build_sink(name, cfg.sinks[name]) for name in sorted(used)}
         self.sources = self.build_sources()
         dead_letters = self.build_dead_letters()
-        if self.transactions is not None:
-            from headrace.engine.transactions import join_transactions
-
-            join_transactions(self.transactions, self.sinks, self.kafka_dead_letters)
         runtime = Runtime(
             graphs=list(cfg.graphs),
             accumulators=list(cfg.accumulators.values()),
@@ -213,6 +209,7 @@ class Worker:
             sources=self.sources,
             observers=[self.metrics],
             channel_size=worker.channel_size,
+            guarantee=worker.guarantee,  # exactly_once: Kafka sinks, dead letters join
         )
         self.metrics.attach(runtime)
         if self.store is not None:

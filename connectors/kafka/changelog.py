@@ -7,18 +7,22 @@ the JSON ``{"value": ..., "dirty": bool}`` (dirty: delivered, not fired yet), or
 tombstone once the key is evicted.
 
 - ``ChangelogWriter`` (a ``KeyedStateLog``) writes through a produce function, so the
-  producer can be swapped (a transactional one, say). A ``latest`` value's offset is acked
-  as soon as its record is delivered (or when it is fired and handled, whichever comes
-  first), so a key that waits (``when_all``) or stays idle never holds the commit back.
+  producer can be swapped: ``producer_produce`` (at_least_once, its own producer) or
+  ``transactional_produce`` (exactly_once: the records go in the worker's Kafka
+  transaction with the outputs and the input offsets). A ``latest`` value's offset is
+  acked as soon as its record is delivered (or when it is fired and handled, whichever
+  comes first), so a key that waits (``when_all``) or stays idle never holds the commit
+  back; under exactly_once that offset commits in the transaction that holds the record.
 - ``read_partition`` reads one changelog partition to its end (a consumer outside any
-  group, ``assign()``, nothing committed).
+  group, ``assign()``, nothing committed, ``read_committed``: records of aborted
+  transactions are never restored).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 import structlog
@@ -26,6 +30,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from headrace.accumulators.channel import Envelope, OnceAck
 from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER, DeliveryProducer
+
+if TYPE_CHECKING:
+    from headrace.connectors.kafka.transactions import TransactionCoordinator
 
 log = structlog.get_logger("headrace.kafka.changelog")
 
@@ -61,6 +68,17 @@ def producer_produce(producer: DeliveryProducer) -> Produce:
     return produce
 
 
+def transactional_produce(coordinator: TransactionCoordinator) -> Produce:
+    """A ``Produce`` into the worker's open Kafka transaction (exactly_once)."""
+
+    def produce(
+        topic: str, partition: int, key: bytes, value: bytes | None, delivered: Delivered
+    ) -> bool:
+        return coordinator.produce_nowait(topic, key, value, delivered, partition)
+
+    return produce
+
+
 def _encode(value: Any) -> Any:
     dump = getattr(value, "model_dump", None)  # pydantic models
     if callable(dump):
@@ -79,10 +97,21 @@ def encode_value(value: Any, dirty: bool) -> bytes:
 class ChangelogWriter:
     """Writes one keyed reactor's cache changes to its changelog topic."""
 
-    def __init__(self, topic: str, reactor: str, produce: Produce) -> None:
+    def __init__(
+        self,
+        topic: str,
+        reactor: str,
+        produce: Produce,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
         self.topic = topic
         self.reactor = reactor
         self.produce = produce
+        self.on_lost = on_lost
+        """Called when a dirty or fired record could not be written (exactly_once: dooms
+        the transaction, so that the state and the outputs never part); None: skip it."""
+        self.touched: set[int] = set()
+        """Partitions written since ``touched`` was last cleared (the last commit)."""
         self.written = 0
         self.delivered = 0
         self.failed = 0
@@ -101,7 +130,8 @@ class ChangelogWriter:
             return
         once = OnceAck(envelope.acks)
         envelope.acks = (once,)
-        self._write(envelope.partition, encode_key(envelope.key, envelope.accumulator), value, once)
+        key = encode_key(envelope.key, envelope.accumulator)
+        self._write(envelope.partition, key, value, once, needed=True)
 
     def fired(self, key: str, partition: int | None, values: Iterable[tuple[str, Any]]) -> None:
         if partition is None:
@@ -112,7 +142,7 @@ class ChangelogWriter:
             except TypeError as error:
                 self._skip(key, f"value not JSON: {error}")
                 continue
-            self._write(partition, encode_key(key, accumulator), encoded, None)
+            self._write(partition, encode_key(key, accumulator), encoded, None, needed=True)
 
     def forget(self, key: str, partition: int | None, accumulators: Iterable[str]) -> None:
         if partition is None:
@@ -122,7 +152,12 @@ class ChangelogWriter:
 
     # -- writing -----------------------------------------------------------------------
     def _write(
-        self, partition: int, key: bytes, value: bytes | None, ack: Callable[[], None] | None
+        self,
+        partition: int,
+        key: bytes,
+        value: bytes | None,
+        ack: Callable[[], None] | None,
+        needed: bool = False,
     ) -> None:
         def delivered(error: BaseException | None) -> None:
             if error is None:
@@ -133,10 +168,16 @@ class ChangelogWriter:
                 self.failed += 1
                 self._warn("changelog record not delivered", error=repr(error))
 
+        self.touched.add(partition)
         if self.produce(self.topic, partition, key, value, delivered):
             self.written += 1
-        else:
-            self._skip(key.decode(errors="replace"), "producer full")
+            return
+        self._skip(key.decode(errors="replace"), "producer full")
+        if needed and self.on_lost is not None:
+            self.on_lost(
+                f"changelog record of {self.reactor!r} not taken by the producer "
+                f"({self.topic}[{partition}]): the transaction must abort"
+            )
 
     def _skip(self, key: str, reason: str) -> None:
         self.skipped += 1
@@ -203,6 +244,7 @@ def read_partition(
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "enable.partition.eof": False,
+            "isolation.level": "read_committed",
         }
     )
     where = f"{topic}[{partition}]"
@@ -219,15 +261,20 @@ def read_partition(
         while position < high:
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"restoring {where}: at offset {position} of {high} after {timeout}s"
+                    f"restoring {where}: at offset {position} of {high} after {timeout}s "
+                    "(read_committed: a transaction on it may still be open)"
                 )
-            for msg in consumer.consume(RESTORE_BATCH, 0.5):
+            messages = consumer.consume(RESTORE_BATCH, 0.5)
+            # transaction markers and aborted records are never returned, but the position
+            # steps over them (librdkafka >= 1.4): the end is reached by position
+            position = max(position, _position(consumer, topic, partition))
+            for msg in messages:
                 error = msg.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
                         continue
                     raise RuntimeError(f"restoring {where}: {error}")
-                position = msg.offset() + 1
+                position = max(position, msg.offset() + 1)
                 record = decode_record(msg.key(), msg.value())
                 if record is None:
                     log.warning(
@@ -249,3 +296,9 @@ def read_partition(
         return keys
     finally:
         consumer.close()
+
+
+def _position(consumer: Consumer, topic: str, partition: int) -> int:
+    """The consumer's next offset in ``topic[partition]`` (-1 before its first fetch)."""
+    (tp,) = consumer.position([TopicPartition(topic, partition)])
+    return int(tp.offset)

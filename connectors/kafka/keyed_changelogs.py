@@ -9,6 +9,10 @@ close paths:
 - ``assigned``: start restoring partition p of each such reactor; ``holds(tp)`` stays
   true (the source keeps ``tp`` paused) until p's keys are back in the reactor.
 - ``revoked``: drop the keys of p from the reactor (the next owner restores them).
+- ``join`` (exactly_once): the changelog records go in the worker's Kafka transaction;
+  a commit waits while a keyed reactor fires (its outputs and its changelog records
+  commit together), and after an abort the partitions that changed since the last commit
+  are dropped and restored from the committed changelog, paused until restored.
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ from headrace.connectors.kafka.changelog import (
     changelog_topic,
     producer_produce,
     read_partition,
+    transactional_produce,
 )
 from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER, DeliveryProducer
 from headrace.reactors.keyed_loop import KeyedReactorLoop
 
 if TYPE_CHECKING:
     from headrace.connectors.base import SourceContext as Runtime
+    from headrace.connectors.kafka.transactions import TransactionCoordinator
 
 log = structlog.get_logger("headrace.kafka.changelog")
 
@@ -194,6 +200,20 @@ class KeyedChangelogs:
         self.reactors: dict[str, _Reactor] = {}
         self._by_topic: dict[str, list[_Reactor]] = {}
         self._runtime: Runtime | None = None
+        self._on_lost: Callable[[str], None] | None = None
+        self._pause: Callable[[TP], None] = lambda _tp: None
+        self.reloads = 0
+
+    def join(self, coordinator: TransactionCoordinator, pause: Callable[[TP], None]) -> None:
+        """Exactly-once (before ``start``): write the changelogs inside ``coordinator``'s
+        transactions; ``pause(tp)`` holds an input partition back while its keys reload
+        after an abort (it resumes once ``holds`` is false)."""
+        self._produce = transactional_produce(coordinator)
+        self._on_lost = coordinator.producer.doom
+        self._pause = pause
+        coordinator.add_busy(self.firing)
+        coordinator.add_commit_listener(self.committed)
+        coordinator.add_abort_listener(self.aborted)
 
     @property
     def multi_topic(self) -> bool:
@@ -251,7 +271,7 @@ class KeyedChangelogs:
             await asyncio.to_thread(ensure_changelog, admin, topic, partitions)
             loop = runtime.reactors[name]
             assert isinstance(loop, KeyedReactorLoop)
-            loop.changelog = ChangelogWriter(topic, name, produce)
+            loop.changelog = ChangelogWriter(topic, name, produce, self._on_lost)
             models = value_models(runtime, loop.spec.accumulators)
             reactor = _Reactor(loop, topics, topic, partitions, models)
             self.reactors[name] = reactor
@@ -276,14 +296,7 @@ class KeyedChangelogs:
             for reactor in self._by_topic.get(topic, ()):
                 if partition in reactor.restoring or partition in reactor.restored:
                     continue
-                task = asyncio.get_running_loop().create_task(
-                    self._restore(reactor, partition),
-                    name=f"restore:{reactor.loop.name}[{partition}]",
-                )
-                reactor.restoring[partition] = task
-                task.add_done_callback(
-                    lambda t, r=reactor, p=partition: self._restore_done(r, p, t)
-                )
+                self._start_restore(reactor, partition)
 
     def revoked(self, tps: Iterable[TP]) -> None:
         """Drop the keys of revoked partitions (and any restore still running for them)."""
@@ -301,6 +314,52 @@ class KeyedChangelogs:
                         partition=partition,
                         keys=dropped,
                     )
+
+    def _start_restore(self, reactor: _Reactor, partition: int) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._restore(reactor, partition),
+            name=f"restore:{reactor.loop.name}[{partition}]",
+        )
+        reactor.restoring[partition] = task
+        task.add_done_callback(lambda t, r=reactor, p=partition: self._restore_done(r, p, t))
+
+    # -- exactly-once hooks (see ``join``) ---------------------------------------------
+    def firing(self) -> bool:
+        """Whether a keyed reactor fires, or owes a fire (a commit waits for it)."""
+        return any(r.loop.busy for r in self.reactors.values())
+
+    def committed(self) -> None:
+        """A transaction committed: what the writers wrote is the committed state now."""
+        for reactor in self.reactors.values():
+            writer = reactor.loop.changelog
+            if isinstance(writer, ChangelogWriter):
+                writer.touched.clear()
+
+    def aborted(self, rewound: Iterable[TP]) -> None:
+        """A transaction aborted: the keys of the partitions that took inputs since the
+        last commit (``rewound``) or whose changelog was written since are dropped and
+        restored from the committed changelog; their inputs stay paused meanwhile."""
+        rewound = list(rewound)
+        for reactor in self.reactors.values():
+            writer = reactor.loop.changelog
+            touched = writer.touched if isinstance(writer, ChangelogWriter) else set()
+            partitions = {p for t, p in rewound if t in reactor.topics} | touched
+            touched.clear()
+            for partition in sorted(partitions):
+                if partition not in reactor.restored:
+                    continue  # not ours, or restoring the committed state already
+                reactor.restored.discard(partition)
+                dropped = reactor.loop.drop_partition(partition)
+                self._start_restore(reactor, partition)
+                for topic in reactor.topics:
+                    self._pause((topic, partition))
+                self.reloads += 1
+                log.info(
+                    "keyed state reloads after an abort",
+                    reactor=reactor.loop.name,
+                    partition=partition,
+                    dropped=dropped,
+                )
 
     async def _restore(self, reactor: _Reactor, partition: int) -> None:
         started = time.monotonic()
@@ -363,6 +422,7 @@ class KeyedChangelogs:
         return {
             name: {
                 "changelog": r.changelog,
+                "reloads_after_abort": self.reloads,
                 "restoring": sorted(r.restoring),
                 "restored": sorted(r.restored),
                 **(

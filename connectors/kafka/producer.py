@@ -2,7 +2,8 @@
 
 One thread polls the producer; the delivery callbacks it serves are collected and handed
 to the event loop in batches (one ``call_soon_threadsafe`` per poll, not per message), so
-many messages can be in flight at once at little cost per message.
+many messages can be in flight at once at little cost per message (``Deliveries``, shared
+with the transactional producer).
 """
 
 from __future__ import annotations
@@ -13,16 +14,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-log = structlog.get_logger("headrace.kafka")
+from headrace.connectors.kafka.deliveries import Delivered, Deliveries
 
-Delivered = Callable[[BaseException | None], None]
-"""Called on the event loop with ``None`` once a message is durable, else with the error."""
+log = structlog.get_logger("headrace.kafka")
 
 LIBRDKAFKA_LOGGER = logging.getLogger("headrace.kafka.librdkafka")
 """librdkafka's own log lines, through the standard library (and so structlog)."""
@@ -137,16 +136,23 @@ class DeliveryProducer:
         }
         self.max_in_flight = max_in_flight
         self.name = name
-        self.in_flight = 0
-        self.delivered = 0
-        self.failed = 0
+        self.deliveries = Deliveries(name, max_in_flight)
         self._producer: Producer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._reports: list[tuple[Delivered, BaseException | None]] = []
-        self._space = asyncio.Event()
-        self._idle = asyncio.Event()
+
+    @property
+    def in_flight(self) -> int:
+        return self.deliveries.in_flight
+
+    @property
+    def delivered(self) -> int:
+        return self.deliveries.delivered
+
+    @property
+    def failed(self) -> int:
+        return self.deliveries.failed
 
     @property
     def started(self) -> bool:
@@ -171,25 +177,17 @@ class DeliveryProducer:
         self._loop = asyncio.get_running_loop()
         self._producer = Producer(self.config)
         self._stopping.clear()
-        self._space.set()
-        self._idle.set()
+        self.deliveries.open(self._loop)
         self._thread = threading.Thread(
             target=self._poll_forever, name=f"headrace-{self.name}-poll", daemon=True
         )
         self._thread.start()
 
     # -- the poll thread ---------------------------------------------------------------
-    def _on_delivery(self, delivered: Delivered, error: KafkaError | None, _msg: Any) -> None:
-        self._reports.append((delivered, None if error is None else KafkaException(error)))
-
     def _serve(self, timeout: float) -> None:
         assert self._producer is not None
         self._producer.poll(timeout)
-        if self._reports:
-            reports, self._reports = self._reports, []
-            assert self._loop is not None
-            with contextlib.suppress(RuntimeError):  # loop closed: nobody waits any more
-                self._loop.call_soon_threadsafe(self._dispatch, reports)
+        self.deliveries.hand_over()
 
     def _poll_forever(self) -> None:
         while not self._stopping.is_set():
@@ -199,22 +197,6 @@ class DeliveryProducer:
                 log.exception("kafka producer poll failed", producer=self.name)
 
     # -- on the loop -------------------------------------------------------------------
-    def _dispatch(self, reports: list[tuple[Delivered, BaseException | None]]) -> None:
-        self.in_flight -= len(reports)
-        for delivered, error in reports:
-            if error is None:
-                self.delivered += 1
-            else:
-                self.failed += 1
-            try:
-                delivered(error)
-            except Exception:
-                log.exception("delivery callback failed", producer=self.name)
-        if self.in_flight < self.max_in_flight:
-            self._space.set()
-        if self.in_flight == 0:
-            self._idle.set()
-
     def produce_nowait(
         self,
         topic: str,
@@ -227,8 +209,8 @@ class DeliveryProducer:
         """Hand one message to the producer; False when too many are in flight (try later).
 
         ``partition`` -1 lets the partitioner choose (by key)."""
-        if self.in_flight >= self.max_in_flight:
-            self._space.clear()
+        deliveries = self.deliveries
+        if deliveries.full():
             return False
         assert self._producer is not None, f"{self.name} is not started"
         try:
@@ -238,13 +220,12 @@ class DeliveryProducer:
                 key,
                 partition=partition,
                 headers=headers,
-                on_delivery=partial(self._on_delivery, delivered),
+                on_delivery=deliveries.callback(delivered),
             )
         except BufferError:
-            self._space.clear()
+            deliveries.refused()
             return False
-        self.in_flight += 1
-        self._idle.clear()
+        deliveries.sent()
         return True
 
     async def produce(
@@ -265,22 +246,16 @@ class DeliveryProducer:
                 else:
                     future.set_exception(error)
 
+        space = self.deliveries.space
         while not self.produce_nowait(topic, value, key, headers, delivered):
-            self._space.clear()
+            space.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._space.wait(), 0.05)
+                await asyncio.wait_for(space.wait(), 0.05)
         await future
 
     async def drain(self, timeout: float | None = None) -> bool:
         """Wait until every produced message has its delivery report handled."""
-        try:
-            async with asyncio.timeout(timeout):
-                while self.in_flight:
-                    self._idle.clear()
-                    await self._idle.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await self.deliveries.drain(timeout)
 
     async def close(self, timeout: float = 30.0) -> None:
         """Flush what is in flight, stop the poll thread, and drop the producer."""
@@ -293,8 +268,7 @@ class DeliveryProducer:
             self._thread = None
         if not drained:
             remaining = await asyncio.to_thread(self._producer.flush, 1.0)
-            reports, self._reports = self._reports, []
-            self._dispatch(reports)
+            self.deliveries.dispatch(self.deliveries.take_reports())
             if remaining:
                 log.error("kafka producer closed with undelivered messages", remaining=remaining)
         self._producer = None

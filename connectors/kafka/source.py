@@ -217,6 +217,8 @@ class KafkaSource:
             client_config=client_settings(self.config),
         )
         """The changelogs of the keyed reactors fed here (durable per-key state)."""
+        if transactions is not None:  # their records commit with the outputs and offsets
+            self.changelogs.join(transactions, self._hold_back)
         self.tables = GlobalTables(bootstrap_servers, client_settings(self.config))
         """The global (table) accumulators of this source, read outside the group."""
         self.tracker = OffsetTracker()
@@ -661,6 +663,11 @@ class KafkaSource:
         rewound to it (the first event not delivered)."""
         self.flow.pause(tp, offset)
 
+    def _hold_back(self, tp: TP) -> None:
+        """Pause an assigned ``tp`` until it can resume (its keyed state reloads)."""
+        if tp in self.flow.assigned:
+            self._pause(tp, None)
+
     def _pause_and_seek(self, pauses: dict[TP, int | None]) -> dict[TP, int | None]:
         """Consumer thread: pause, then seek back; returns what failed (to try again)."""
         consumer = self._consumer
@@ -1020,6 +1027,10 @@ class KafkaSource:
 
     def taken(self) -> int:
         return int(self.stats["messages"])
+
+    @property
+    def dead_letters_in_flight(self) -> int:
+        return self.dead_letter_budget.count
 
     def forget_uncommitted(self, exclude: Iterable[TP] = ()) -> dict[TP, int | None]:
         """Event loop: drop the state of partitions that took inputs since their last

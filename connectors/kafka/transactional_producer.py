@@ -12,17 +12,17 @@ coming and their inputs will be consumed again).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
+import queue
 import threading
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import Any, Protocol
 
 import structlog
 from confluent_kafka import KafkaException, Producer, TopicPartition
 
-from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER, Delivered, ErrorLog
+from headrace.connectors.kafka.deliveries import Delivered, Deliveries
+from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER, ErrorLog
 
 log = structlog.get_logger("headrace.kafka")
 
@@ -67,6 +67,53 @@ class TransactionalCallStuck(RuntimeError):
     (confluentinc/librdkafka#5456, #5511). The client is abandoned and a new one made."""
 
 
+class CallThread:
+    """One daemon thread running blocking calls in order. A call stuck for good (see
+    ``TransactionalCallStuck``) is abandoned with it and never holds the process's exit
+    back, which a ``ThreadPoolExecutor`` thread would (the interpreter joins those)."""
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            loop, future, fn, args = item
+            try:
+                result = fn(*args)
+            except BaseException as error:
+                with contextlib.suppress(RuntimeError):  # loop closed
+                    loop.call_soon_threadsafe(_fail, future, error)
+            else:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_succeed, future, result)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put((loop, future, fn, args))
+        return future
+
+    def shutdown(self, wait: bool) -> None:
+        self._queue.put(None)
+        if wait:
+            self._thread.join()
+
+
+def _succeed(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
 class TransactionalProducer:
     """Produces inside the open transaction; ``commit``/``abort`` end it and open the next."""
 
@@ -99,9 +146,7 @@ class TransactionalProducer:
         self.max_in_flight = max_in_flight
         self.operation_timeout = operation_timeout
         self.client_factory = client_factory
-        self.in_flight = 0
-        self.delivered = 0
-        self.failed = 0
+        self.deliveries = Deliveries("transactional", max_in_flight, self._settle)
         self.discarded = 0
         self.produced_in_transaction = 0
         self.is_open = False
@@ -109,19 +154,28 @@ class TransactionalProducer:
         self._offsets_sent = 0
         self.doomed = False
         """A message of the open transaction failed: it can only abort."""
+        self._doom_next: str | None = None
         self.stuck = False
         """A call never returned: the client is abandoned on ``restart``."""
         self.on_doomed: Callable[[], None] | None = None
         self._client: TransactionalClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._calls: concurrent.futures.ThreadPoolExecutor | None = None
+        self._calls: CallThread | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._reports: list[tuple[Delivered, BaseException | None]] = []
-        self._reports_lock = threading.Lock()
         self._open = asyncio.Event()
-        self._space = asyncio.Event()
-        self._idle = asyncio.Event()
+
+    @property
+    def in_flight(self) -> int:
+        return self.deliveries.in_flight
+
+    @property
+    def delivered(self) -> int:
+        return self.deliveries.delivered
+
+    @property
+    def failed(self) -> int:
+        return self.deliveries.failed
 
     @property
     def started(self) -> bool:
@@ -131,8 +185,8 @@ class TransactionalProducer:
         return self._client is None or (self._thread is not None and self._thread.is_alive())
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        assert self._loop is not None and self._calls is not None
-        return await self._loop.run_in_executor(self._calls, fn, *args)
+        assert self._calls is not None
+        return await self._calls.call(fn, *args)
 
     async def _bounded(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``_call`` a transactional API that takes ``operation_timeout``, with a deadline
@@ -153,11 +207,10 @@ class TransactionalProducer:
         if self._client is not None:
             return
         self._loop = asyncio.get_running_loop()
-        self._calls = concurrent.futures.ThreadPoolExecutor(1, "headrace-transactions")
+        self._calls = CallThread("headrace-transactions")
         self._client = self.client_factory(self.config)
         self._stopping.clear()
-        self._space.set()
-        self._idle.set()
+        self.deliveries.open(self._loop)
         self._thread = threading.Thread(
             target=self._poll_forever, name="headrace-transactions-poll", daemon=True
         )
@@ -173,50 +226,43 @@ class TransactionalProducer:
         self.doomed = False
         self.is_open = True
         self._open.set()
+        if self._doom_next is not None:
+            reason, self._doom_next = self._doom_next, None
+            self._failed_in_transaction(RuntimeError(reason))
+
+    def doom(self, reason: str) -> None:
+        """A writer could not put a record it needs into the transaction: it must abort
+        (its inputs are consumed again). Between transactions, the next one is doomed."""
+        if self.is_open:
+            self._failed_in_transaction(RuntimeError(reason))
+        else:
+            self._doom_next = reason
 
     # -- the poll thread ---------------------------------------------------------------
-    def _on_delivery(self, delivered: Delivered, error: Any, _msg: Any) -> None:
-        with self._reports_lock:
-            self._reports.append((delivered, None if error is None else KafkaException(error)))
-
-    def _hand_over(self) -> None:
-        with self._reports_lock:
-            reports, self._reports = self._reports, []
-        if reports and self._loop is not None:
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._dispatch, reports)
-
     def _poll_forever(self) -> None:
         while not self._stopping.is_set():
             try:
                 assert self._client is not None
                 self._client.poll(0.05)
-                self._hand_over()
+                self.deliveries.hand_over()
             except Exception:
                 log.exception("transactional producer poll failed")
 
     # -- on the loop -------------------------------------------------------------------
-    def _dispatch(self, reports: list[tuple[Delivered, BaseException | None]]) -> None:
-        self.in_flight -= len(reports)
-        for delivered, error in reports:
-            if error is None:
-                self.delivered += 1
-            else:
-                self._failed_in_transaction(error)
-            try:
-                # A failed message dooms its transaction (the commit fails, it is aborted and
-                # its inputs consumed again): sending it once more would repeat it, so the
-                # writer is told it is done and the abort takes care of it.
-                delivered(None)
-            except Exception:
-                log.exception("delivery callback failed", producer="transactional")
-        if self.in_flight < self.max_in_flight:
-            self._space.set()
-        if self.in_flight == 0:
-            self._idle.set()
+    def _settle(self, delivered: Delivered, error: BaseException | None) -> None:
+        """A failed message dooms its transaction (the commit fails, it is aborted and its
+        inputs consumed again): sending it once more would repeat it, so the writer is told
+        it is done and the abort takes care of it."""
+        if error is not None:
+            self._doom(error)
+        delivered(None)
 
     def _failed_in_transaction(self, error: BaseException) -> None:
-        self.failed += 1
+        """A message refused before it was sent (or a writer's record lost): doomed."""
+        self.deliveries.failed += 1
+        self._doom(error)
+
+    def _doom(self, error: BaseException) -> None:
         if not self.doomed:
             self.doomed = True
             log.warning(
@@ -244,20 +290,21 @@ class TransactionalProducer:
             assert self._loop is not None
             self._loop.call_soon(delivered, None)
             return True
-        if not self.is_open or self.in_flight >= self.max_in_flight:
-            self._space.clear()
+        deliveries = self.deliveries
+        if not self.is_open or deliveries.full():
+            deliveries.refused()
             return False
         assert self._client is not None
         options: dict[str, Any] = {
             "headers": headers,
-            "on_delivery": partial(self._on_delivery, delivered),
+            "on_delivery": deliveries.callback(delivered),
         }
         if partition is not None:
             options["partition"] = partition
         try:
             self._client.produce(topic, value, key, **options)
         except BufferError:
-            self._space.clear()
+            deliveries.refused()
             return False
         except KafkaException as error:
             # The transaction is in an error state (librdkafka refuses every message until
@@ -266,9 +313,8 @@ class TransactionalProducer:
             assert self._loop is not None
             self._loop.call_soon(delivered, None)
             return True
-        self.in_flight += 1
+        deliveries.sent()
         self.produced_in_transaction += 1
-        self._idle.clear()
         return True
 
     async def produce(
@@ -292,7 +338,7 @@ class TransactionalProducer:
                     future.set_exception(error)
 
         while not self.produce_nowait(topic, value, key, headers, delivered, partition):
-            waiter = self._space if self.is_open else self._open
+            waiter = self.deliveries.space if self.is_open else self._open
             waiter.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter.wait(), 0.05)
@@ -300,14 +346,7 @@ class TransactionalProducer:
 
     async def drain(self, timeout: float | None = None) -> bool:
         """Wait until every produced message has its delivery report handled."""
-        try:
-            async with asyncio.timeout(timeout):
-                while self.in_flight:
-                    self._idle.clear()
-                    await self._idle.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await self.deliveries.drain(timeout)
 
     # -- ending transactions (blocking calls on the transactions thread) -----------------
     def _close_gate(self) -> None:
@@ -349,9 +388,8 @@ class TransactionalProducer:
         await self.close()
         self.stuck = False
         self.is_open = False
-        self.in_flight = 0
         self._open.clear()
-        await self.start()
+        await self.start()  # a new client: nothing in flight
 
     async def close(self, timeout: float = 10.0) -> None:
         """Abort any open transaction (its inputs were not committed) and stop."""
@@ -365,7 +403,7 @@ class TransactionalProducer:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, timeout)
             self._thread = None
-        self._hand_over()
+        self.deliveries.hand_over()
         await asyncio.sleep(0)
         if self._calls is not None:
             # a stuck call keeps its thread: abandon it (the new client fences the old one)

@@ -7,9 +7,13 @@ sources (``guarantee="exactly_once"``) read with ``isolation.level=read_committe
 commit offsets themselves, and park at ``gate`` whenever a transaction ends.
 
 Ending a transaction is a barrier: the sources stop fetching, every taken input is
-handled (its outputs are in the transaction), then the input positions go in with
-``send_offsets_to_transaction`` (the consumer's group metadata, KIP-447) and the
-transaction commits; the next one begins at once. Commits happen every
+handled (its outputs are in the transaction) or held by a reactor that waits for more (a
+``when_all`` half, a batch before its flush: the positions stop below it), and no
+``add_busy`` probe is busy (a keyed reactor firing on values its changelog already
+holds); then the input positions go in with ``send_offsets_to_transaction`` (the
+consumer's group metadata, KIP-447) and the transaction commits (``add_commit_listener``
+hears of it); the next one begins at once. A writer that cannot put a record it needs
+into the transaction dooms it (``TransactionalProducer.doom``): it aborts. Commits happen every
 ``commit_interval`` seconds or after ``max_inputs`` inputs, on revoke (synchronously,
 before the partitions go) and on close. On lost partitions, or an abortable error, the
 transaction is aborted and every partition is rewound to its last committed offset, its
@@ -180,6 +184,8 @@ class TransactionCoordinator:
         self._opened_at = clock()
         self._taken_at_commit: dict[int, int] = {}
         self._abort_listeners: list[Callable[[list[TP]], None]] = []
+        self._commit_listeners: list[Callable[[], None]] = []
+        self._busy: list[Callable[[], bool]] = []
         self.stats: dict[str, Any] = {
             "committed": 0,
             "aborted": 0,
@@ -209,6 +215,15 @@ class TransactionCoordinator:
         """``listener(partitions)`` runs on the loop after an abort rewound ``partitions``
         (keyed caches reload from their changelog, say)."""
         self._abort_listeners.append(listener)
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """``listener()`` runs on the loop after each transaction committed."""
+        self._commit_listeners.append(listener)
+
+    def add_busy(self, busy: Callable[[], bool]) -> None:
+        """A commit's barrier also waits while ``busy()`` (work on inputs already acked, say
+        a keyed fire on values the changelog holds: its outputs belong to this transaction)."""
+        self._busy.append(busy)
 
     async def start(self, runtime: Runtime | None = None) -> None:
         """Open the producer (fences older instances of its id) and start the commit timer;
@@ -282,21 +297,35 @@ class TransactionCoordinator:
     def in_flight(self) -> int:
         return sum(s.tracker.in_flight() for s in self.sources)
 
-    def _quiet(self, callback: Participant | None) -> bool:
+    def _quiet(self, callback: Participant | None, held_ok: bool) -> bool:
         return (
             all(
                 id(s) in self._parked or s.in_callback or not s.fetching or s is callback
                 for s in self.sources
             )
-            and not self.in_flight()
+            and (not self.in_flight() or (held_ok and self._only_held()))
+            and not any(busy() for busy in self._busy)
         )
 
-    async def _barrier(self, callback: Participant | None) -> bool:
-        """Hold the sources and wait until every taken input is handled; False on timeout."""
+    def _only_held(self) -> bool:
+        """Every input still in flight is held by a reactor that waits for more (a
+        ``when_all`` for its other half, a batch for its flush): no reactor fires or owes a
+        fire, no dead letter is on its way. A commit leaves those inputs out (each
+        partition's position stops below its lowest one) instead of waiting for them."""
+        reactors = getattr(self.runtime, "reactors", None)
+        if reactors is None:
+            return False
+        if any(loop.busy for loop in reactors.values()):
+            return False
+        return not any(getattr(s, "dead_letters_in_flight", 0) for s in self.sources)
+
+    async def _barrier(self, callback: Participant | None, held_ok: bool = False) -> bool:
+        """Hold the sources and wait until every taken input is handled (``held_ok``: or
+        held by a waiting reactor, see ``_only_held``); False on timeout."""
         self._hold = True
         self._released.clear()
         deadline = self.clock() + self.barrier_timeout
-        while not self._quiet(callback):
+        while not self._quiet(callback, held_ok):
             if self.clock() >= deadline or self._failed():
                 return False
             await asyncio.sleep(0.002)
@@ -339,12 +368,12 @@ class TransactionCoordinator:
                 return False
             started = self.clock()
             try:
-                settled = await self._barrier(callback)
+                settled = await self._barrier(callback, held_ok=True)
                 if not settled:
                     self.stats["barrier_timeouts"] += 1
                     log.warning(
                         "transaction commits with inputs still in flight: their outputs may "
-                        "repeat after a crash (a reactor holds values, or a sink is stuck)",
+                        "repeat after a crash (a fire or a sink is stuck)",
                         reason=reason,
                         in_flight=self.in_flight(),
                         barrier_timeout=self.barrier_timeout,
@@ -381,6 +410,11 @@ class TransactionCoordinator:
                 return False
         for positions, source in offsets:
             source.tracker.mark_committed(positions)  # type: ignore[arg-type]
+        for listener in self._commit_listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("commit listener failed")
         await self.producer.begin()
         return True
 

@@ -1,10 +1,9 @@
 """Checks of ``[worker] guarantee = "exactly_once"``: which parts cannot join a transaction.
 
-Only Kafka sinks and Kafka dead letters are written inside the worker's Kafka transaction.
-Any other sink (state_store, log, callback) and the state store's dead letters are written
-outside it: a crash can repeat them, and so can keyed reactors' fires (their changelog
-writes are outside it too). Each is named in a warning at load time; with
-``[worker.transactions] strict = true`` each is an error instead.
+Kafka sinks, Kafka dead letters and keyed reactors' changelogs are written inside the
+worker's Kafka transaction. Any other sink (state_store, log, callback) and the state
+store's dead letters are written outside it: a crash can repeat them. Each is named in a
+warning at load time; with ``[worker.transactions] strict = true`` each is an error instead.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ def check_guarantee(
     merged: Merged,
     graph_sinks: Mapping[str, list[str]],
     issues: Issues,
-    keyed_reactors: Mapping[str, str | None] | None = None,
 ) -> list[str]:
     """Warnings (returned) or errors (``strict``, added to ``issues``) for every part that
     stays outside the transactions under exactly_once; nothing under at_least_once."""
@@ -58,15 +56,6 @@ def check_guarantee(
                     "configured by worker.producer)",
                 )
             )
-    for name, origin in sorted((keyed_reactors or {}).items()):
-        outside.append(
-            (
-                origin or file,
-                field_path("reactors", name, "keyed"),
-                f"keyed reactor {name!r}: its changelog writes are not part of the Kafka "
-                "transaction: under exactly_once its fires may repeat after a crash",
-            )
-        )
     if worker.state_store.enabled and worker.dead_letters.state_store:
         outside.append(
             (

@@ -94,12 +94,7 @@ def load_config(
     )
     notices = apply_token_variable(merged, os.environ if environ is None else environ)
     check_worker(merged, needs_kafka, issues)
-    keyed = {
-        g.reactor_name: resolver.origins.get(f"reactors.{g.reactor_name}")
-        for g in graphs.values()
-        if (spec := resolver.reactor_spec(g.reactor_name)) is not None and spec.keyed
-    }
-    notices += check_guarantee(merged, resolver.graph_sinks, issues, keyed)
+    notices += check_guarantee(merged, resolver.graph_sinks, issues)
     issues.raise_if_any()
     used = resolve_groups(used, merged)
     max_depth = merged.worker.limits.max_depth

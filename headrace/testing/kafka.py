@@ -416,7 +416,10 @@ def end_offsets(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, 
 class TopicReader:
     """Reads ``topic`` from the beginning of every partition, a little at a time, for
     tests that wait for outputs while a worker runs (manual assignment: no group join, no
-    commits). Subclasses override :meth:`handle`; ``records`` counts what was read."""
+    commits). Subclasses override :meth:`handle`; ``records`` counts what was read; a
+    subclass with ``isolation = "read_committed"`` sees only committed transactions."""
+
+    isolation = "read_uncommitted"
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.topic = topic
@@ -426,6 +429,7 @@ class TopicReader:
                 "group.id": f"reader-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
+                "isolation.level": self.isolation,
                 "log_level": 2,
             }
         )

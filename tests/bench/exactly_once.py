@@ -1,47 +1,59 @@
 """The cost of exactly-once (``make bench`` runs it after the throughput benchmark).
 
     python -m tests.bench.exactly_once [--messages N] [--rate R] [--seconds S]
-                                       [--intervals 0.1,1.0]
+                                       [--intervals 0.1,1.0] [--rounds 3]
 
 The engine end to end (stream accumulator -> sequential reactor -> 2-node graph -> Kafka
-sink, the pipeline of tests/bench/kafka_throughput.py) over one pre-filled topic, under
-at_least_once and under exactly_once at each transaction interval (``commit_interval``):
+sink, the pipeline of tests/bench/kafka_throughput.py) under at_least_once and under
+exactly_once, each at every interval (``commit_interval``: how often offsets commit, or
+transactions end):
 
-- throughput: inputs per second until every output is durable (at_least_once: delivered;
-  exactly_once: its transaction committed, i.e. visible to read_committed readers);
-- latency produce -> output read back at a fixed rate (p50/p99), the reader using
-  ``isolation.level=read_committed`` for exactly_once (an output is visible only when its
-  transaction commits, so latency grows with the interval).
+- throughput over one pre-filled topic: inputs per second until every output is durable
+  (at_least_once: delivered; exactly_once: its transaction committed, i.e. visible to
+  read_committed readers);
+- latency produce -> output read back at a fixed rate (p50/p99), measured by
+  kafka_throughput's harness, the reader using ``isolation.level=read_committed`` for
+  exactly_once (an output is visible only when its transaction commits, so latency grows
+  with the interval).
 
-Prints one line per run and ``exactly_once/at_least_once throughput ratio`` per interval.
-Uses $KAFKA_BOOTSTRAP_SERVERS, else starts a local broker. Not a test.
+Every round runs each (guarantee, interval) once, the two guarantees alternating, and
+the figures are medians over the rounds, so one noisy run cannot flip a ratio. Prints
+``exactly_once/at_least_once throughput ratio`` and both p99s per interval. Uses
+$KAFKA_BOOTSTRAP_SERVERS, else starts a local broker. Not a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import gc
 import logging
-import multiprocessing
 import os
 import platform
+import statistics
 import sys
-import threading
 import time
 import uuid
 from typing import Any
 
-import orjson
 import structlog
-from confluent_kafka import Consumer, Producer, TopicPartition
 
 from headrace.connectors import KafkaSink, KafkaSource
 from headrace.connectors.kafka.transactional_producer import TransactionalProducer
 from headrace.connectors.kafka.transactions import TransactionCoordinator
 from headrace.engine import Runtime
-from tests.bench.kafka_throughput import BATCH, PARTITIONS, broker, declare, fill, order_book
+from tests.bench.kafka_throughput import (
+    BATCH,
+    PARTITIONS,
+    broker,
+    declare,
+    fill,
+    measure_latency,
+    percentile,
+)
 from tests.fixtures.kafka_broker import create_topic
+
+Run = tuple[str, float]  # guarantee, interval
 
 
 def build(
@@ -56,10 +68,9 @@ def build(
     if guarantee == "exactly_once":
         producer = TransactionalProducer(bootstrap, f"{group}-txn")
         coordinator = TransactionCoordinator(producer, commit_interval=interval, max_inputs=1 << 30)
-        coordinator.join(sink, "sink")
         options = {"guarantee": guarantee, "transactions": coordinator}
     source = KafkaSource(bootstrap, group, batch_size=BATCH, commit_interval=interval, **options)
-    runtime = Runtime(graphs=["signal"], sources=[source], sinks=[sink])
+    runtime = Runtime(graphs=["signal"], sources=[source], sinks=[sink], guarantee=guarantee)
     return runtime, source, sink, output, coordinator
 
 
@@ -83,161 +94,91 @@ async def throughput(
         await runtime.stop()
 
 
-def measure(
-    bootstrap: str,
-    source: str,
-    output: str,
-    committed: bool,
-    rate: int,
-    warmup: float,
-    seconds: float,
-    result: Any,
-) -> None:
-    """Child process: produce timestamped books at ``rate``, read the outputs back (with
-    read_committed when ``committed``), report the produce -> read latencies (ms)."""
-    reader = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-eos-reader-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 100,
-            "isolation.level": "read_committed" if committed else "read_uncommitted",
-        }
-    )
-    reader.assign([TopicPartition(output, p, 0) for p in range(PARTITIONS)])
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "acks": "all"})
-    total, first = int(rate * (warmup + seconds)), int(rate * warmup)
-    samples: list[float] = []
-    received = 0
-    deadline = time.monotonic() + warmup + seconds + 30
-
-    def read() -> None:
-        nonlocal received
-        while received < total and time.monotonic() < deadline:
-            for msg in reader.consume(1000, 0) or [reader.poll(0.05)]:
-                if msg is None or msg.error() is not None:
-                    continue
-                now = time.time_ns()
-                signal = orjson.loads(msg.value())["signal"]
-                received += 1
-                if signal["i"] >= first:
-                    samples.append((now - signal["t"]) / 1e6)
-
-    thread = threading.Thread(target=read, daemon=True)
-    thread.start()
-    started = time.monotonic()
-    for i in range(total):
-        pause = started + i / rate - time.monotonic()
-        if pause > 0.0005:
-            time.sleep(pause)
-        producer.produce(source, order_book(i, time.time_ns()), partition=i % PARTITIONS)
-        producer.poll(0)
-    producer.flush(30)
-    thread.join(warmup + seconds + 40)
-    reader.close()
-    result.put(samples)
-
-
 async def latency(
     bootstrap: str, guarantee: str, interval: float, rate: int, warmup: float, seconds: float
 ) -> list[float]:
+    """Produce -> read back latencies (ms), sorted, at ``rate`` msgs/s."""
     topic = create_topic(bootstrap, f"bench-eos-lat-{uuid.uuid4().hex[:8]}", PARTITIONS)
     runtime, source, _sink, output, _ = build(bootstrap, topic, guarantee, interval)
-    await runtime.start()
-    try:
-        while not source.health()["assigned"]:
-            await asyncio.sleep(0.01)
-        context = multiprocessing.get_context("spawn")
-        result = context.Queue()
-        child = context.Process(
-            target=measure,
-            args=(
-                bootstrap,
-                topic,
-                output,
-                guarantee == "exactly_once",
-                rate,
-                warmup,
-                seconds,
-                result,
-            ),
-        )
-        child.start()
-        samples: list[float] = []
-        while child.is_alive() or not result.empty():
-            with contextlib.suppress(Exception):
-                samples = await asyncio.to_thread(result.get, True, 1.0)
-                break
-        await asyncio.to_thread(child.join, 30)
-    finally:
-        await runtime.stop()
-    return sorted(samples)
+    isolation = "read_committed" if guarantee == "exactly_once" else "read_uncommitted"
+    samples = await measure_latency(
+        bootstrap, runtime, source, topic, output, PARTITIONS, rate, warmup, seconds, isolation
+    )
+    return sorted(total for total, _into, _out in samples)
 
 
-def pct(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+def alternating(intervals: list[float]) -> list[Run]:
+    """Each interval under both guarantees, the guarantees alternating."""
+    return [(g, interval) for interval in intervals for g in ("at_least_once", "exactly_once")]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def load() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--rate", type=int, default=2_000, help="latency phase msgs/s")
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--intervals", default="0.1,1.0", help="transaction intervals, s")
-    parser.add_argument("--rounds", type=int, default=2, help="throughput: best of N")
+    parser.add_argument("--rounds", type=int, default=3, help="medians over N rounds")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     intervals = [float(x) for x in args.intervals.split(",") if x.strip()]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"machine: {os.cpu_count()} cpus ({platform.processor() or platform.machine()}), "
-        f"Python {platform.python_version()}, load average {load:.1f} at start (shared: "
+        f"Python {platform.python_version()}, load average {load():.1f} at start (shared: "
         "other processes run beside this benchmark)"
     )
-    results: dict[tuple[str, float], tuple[float, list[float]]] = {}
+    runs = alternating(intervals)
+    rates: dict[Run, list[float]] = {run: [] for run in runs}
+    p50s: dict[Run, list[float]] = {run: [] for run in runs}
+    p99s: dict[Run, list[float]] = {run: [] for run in runs}
     with broker() as bootstrap:
         topic = create_topic(bootstrap, f"bench-eos-books-{uuid.uuid4().hex[:8]}", PARTITIONS)
         fill(bootstrap, topic, args.messages, PARTITIONS)
-        runs = [("at_least_once", intervals[0])]
-        runs += [("exactly_once", interval) for interval in intervals]
         warm = create_topic(bootstrap, f"bench-eos-warm-{uuid.uuid4().hex[:8]}", PARTITIONS)
         fill(bootstrap, warm, 2_000, PARTITIONS)
         for guarantee, interval in runs:  # warm the broker's group and transaction logs
             asyncio.run(throughput(bootstrap, warm, 2_000, guarantee, interval))
-        rates: dict[tuple[str, float], list[float]] = {run: [] for run in runs}
-        for round_ in range(args.rounds):  # interleaved: each round sees the same load
-            for guarantee, interval in runs:
+        gc.collect()
+        gc.freeze()  # as make bench: the startup heap never becomes garbage
+        for round_ in range(args.rounds):
+            for run in runs:
+                guarantee, interval = run
                 rate = asyncio.run(throughput(bootstrap, topic, args.messages, guarantee, interval))
-                rates[(guarantee, interval)].append(rate)
+                samples = asyncio.run(
+                    latency(bootstrap, guarantee, interval, args.rate, args.warmup, args.seconds)
+                )
+                rates[run].append(rate)
+                p50s[run].append(percentile(samples, 0.5) if samples else float("nan"))
+                p99s[run].append(percentile(samples, 0.99) if samples else float("nan"))
                 print(
                     f"round {round_ + 1}: {guarantee:13s} commit_interval {interval:4.2f}s: "
-                    f"{rate:9,.0f} msg/s",
+                    f"{rate:9,.0f} msg/s; at {args.rate} msg/s p50 {p50s[run][-1]:7.1f} ms, "
+                    f"p99 {p99s[run][-1]:7.1f} ms ({len(samples)} outputs; load {load():.1f})",
                     flush=True,
                 )
-        for guarantee, interval in runs:
-            samples = asyncio.run(
-                latency(bootstrap, guarantee, interval, args.rate, args.warmup, args.seconds)
-            )
-            rate = max(rates[(guarantee, interval)])
-            results[(guarantee, interval)] = (rate, samples)
-            print(
-                f"{guarantee:13s} commit_interval {interval:4.2f}s: {rate:9,.0f} msg/s "
-                f"(best of {args.rounds}); latency at {args.rate} msg/s: p50 "
-                f"{pct(samples, 0.5):7.1f} ms, p99 {pct(samples, 0.99):7.1f} ms "
-                f"({len(samples)} outputs)",
-                flush=True,
-            )
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"load average {load:.1f} at the end")
-    base = results[("at_least_once", intervals[0])][0]
-    for interval in intervals:
-        rate, samples = results[("exactly_once", interval)]
+    print(f"load average {load():.1f} at the end; medians of {args.rounds} rounds:")
+    for run in runs:
+        guarantee, interval = run
         print(
-            f"exactly_once/at_least_once throughput ratio at {interval:.2f}s transactions: "
-            f"{rate / base:.2f} (p99 {pct(samples, 0.99):.1f} ms vs "
-            f"{pct(results[('at_least_once', intervals[0])][1], 0.99):.1f} ms)"
+            f"{guarantee:13s} commit_interval {interval:4.2f}s: {median(rates[run]):9,.0f} "
+            f"msg/s; latency at {args.rate} msg/s p50 {median(p50s[run]):7.1f} ms, p99 "
+            f"{median(p99s[run]):7.1f} ms"
+        )
+    for interval in intervals:
+        alo, eos = ("at_least_once", interval), ("exactly_once", interval)
+        print(
+            f"exactly_once/at_least_once throughput ratio at {interval:.2f}s: "
+            f"{median(rates[eos]) / median(rates[alo]):.2f} (p99 {median(p99s[eos]):.1f} ms "
+            f"vs {median(p99s[alo]):.1f} ms)"
         )
     return 0
 

@@ -230,9 +230,11 @@ def load_and_measure(
     warmup: float,
     seconds: float,
     result: Any,
+    isolation: str = "read_uncommitted",
 ) -> None:
-    """Child process: produce at ``rate`` with timestamps, read the signals back, and report
-    the latencies of those sent after ``warmup`` seconds."""
+    """Child process: produce at ``rate`` with timestamps, read the signals back (with
+    ``isolation``: exactly_once outputs are read with ``read_committed``), and report the
+    latencies of those sent after ``warmup`` seconds."""
     import threading
 
     reader = Consumer(
@@ -242,6 +244,7 @@ def load_and_measure(
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 100,
+            "isolation.level": isolation,
         }
     )
     reader.assign([TopicPartition(output, p, 0) for p in range(partitions)])
@@ -295,6 +298,25 @@ async def latency_run(
     source = KafkaSource(bootstrap, f"bench-lat-{uuid.uuid4().hex[:8]}", batch_size=BATCH)
     sink = KafkaSink(bootstrap, output)
     runtime = Runtime(graphs=["signal"], sources=[source], sinks=[sink])
+    return await measure_latency(
+        bootstrap, runtime, source, topic, output, partitions, rate, warmup, seconds
+    )
+
+
+async def measure_latency(
+    bootstrap: str,
+    runtime: Runtime,
+    source: KafkaSource,
+    topic: str,
+    output: str,
+    partitions: int,
+    rate: int,
+    warmup: float,
+    seconds: float,
+    isolation: str = "read_uncommitted",
+) -> list[Sample]:
+    """Start ``runtime`` (``source`` reads ``topic``, its sink writes ``output``), load it
+    at ``rate`` from a child process, and return the latency samples; stops it after."""
     await runtime.start()
     try:
         while not source.health()["assigned"]:
@@ -303,7 +325,7 @@ async def latency_run(
         result = context.Queue()
         child = context.Process(
             target=load_and_measure,
-            args=(bootstrap, topic, output, partitions, rate, warmup, seconds, result),
+            args=(bootstrap, topic, output, partitions, rate, warmup, seconds, result, isolation),
         )
         child.start()
         samples: list[Sample] = []

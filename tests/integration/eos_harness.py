@@ -7,13 +7,9 @@ config gets ``guarantee``, a transactional id per worker slot and short timeouts
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
-from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
-
-from tests.fixtures.kafka_broker import partitions_of
+from headrace.testing.kafka import TopicReader
 from tests.integration.chaos import DeadLetterReader, SignalReader, write_soak_app
 
 GUARANTEE_LINE = 'guarantee = "${SOAK_GUARANTEE:-at_least_once}"\n'
@@ -41,32 +37,19 @@ def write_eos_app(directory: Path) -> Path:
     return config
 
 
-def _read_committed(reader: Any, bootstrap: str, topic: str) -> None:
-    reader.consumer.close()
-    reader.consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            "log_level": 2,
-        }
-    )
-    reader.consumer.assign([TopicPartition(topic, p, 0) for p in partitions_of(bootstrap, topic)])
-
-
 class CommittedSignals(SignalReader):
     """The soak's outputs as a ``read_committed`` consumer sees them."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        super().__init__(bootstrap, topic)
-        _read_committed(self, bootstrap, topic)
+    isolation = "read_committed"
 
 
 class CommittedDeadLetters(DeadLetterReader):
     """The soak's message dead letters as a ``read_committed`` consumer sees them."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        super().__init__(bootstrap, topic)
-        _read_committed(self, bootstrap, topic)
+    isolation = "read_committed"
+
+
+class CommittedRecords(TopicReader):
+    """Any topic as a ``read_committed`` consumer sees it (subclasses override ``handle``)."""
+
+    isolation = "read_committed"

@@ -470,3 +470,88 @@ async def test_a_refused_message_dooms_the_transaction_too() -> None:
             await asyncio.sleep(0.01)
     fetch.cancel()
     assert "commit" not in client.names() and not runtime.failures
+
+
+class FakeLoop:
+    """A reactor loop as the coordinator sees it: ``busy`` while it fires or owes a fire."""
+
+    busy = False
+
+
+async def test_a_commit_leaves_out_inputs_a_waiting_reactor_holds_instead_of_waiting() -> None:
+    """A when_all half (or a batch before its flush) holds an input across commits: the
+    commit covers the offsets below it at once (no barrier timeout), and its outputs come
+    with a later commit. While a reactor fires, the commit still waits."""
+    coordinator, client, source, runtime = await started()
+    join = FakeLoop()
+    runtime.reactors = {"join": join}  # type: ignore[attr-defined]
+    fetch = await park(coordinator, source)
+    source.take(("in", 0), 0)()
+    held = source.take(("in", 0), 1)  # waits in the reactor for its other half
+    assert await coordinator.commit("test")
+    assert coordinator.stats["barrier_timeouts"] == 0, "the commit waited for a held input"
+    assert dict(client.calls)["send_offsets"][0] == {("in", 0): 1}
+
+    join.busy = True  # the other half came: the reactor fires
+    commit = asyncio.create_task(coordinator.commit("again"))
+    await asyncio.sleep(0.2)
+    assert client.names().count("commit") == 1, "committed while a fire ran"
+    await coordinator.produce("out", b"k", b"joined")
+    held()
+    join.busy = False
+    assert await commit
+    fetch.cancel()
+    assert [arg for name, arg in client.calls if name == "send_offsets"][-1][0] == {("in", 0): 2}
+    assert coordinator.stats["barrier_timeouts"] == 0
+
+
+async def test_a_doom_between_transactions_dooms_the_next_one() -> None:
+    """A writer that could not put a record in (the gate was closed for a commit) makes
+    the next transaction abort, so its inputs are consumed again."""
+    coordinator, client, source, runtime = await started()
+    fetch = await park(coordinator, source)
+    producer = coordinator.producer
+    producer.is_open = False  # between commit and begin
+    producer.doom("changelog record not taken")
+    assert not producer.doomed
+    await producer.begin()
+    assert producer.doomed
+    ack = source.take(("in", 0), 0)
+    ack()
+    assert not await coordinator.commit("test")
+    fetch.cancel()
+    assert "abort" in client.names() and "commit" not in client.names()
+    assert coordinator.stats["aborted"] == 1 and not runtime.failures
+
+
+async def test_a_busy_probe_holds_the_commit_back() -> None:
+    coordinator, client, source, _ = await started()
+    firing = [True]
+    coordinator.add_busy(lambda: firing[0])
+    fetch = await park(coordinator, source)
+    source.take(("in", 0), 0)()
+    commit = asyncio.create_task(coordinator.commit("test"))
+    await asyncio.sleep(0.2)
+    assert "commit" not in client.names(), "committed while a keyed fire ran"
+    firing[0] = False
+    assert await commit
+    fetch.cancel()
+    assert "commit" in client.names()
+
+
+async def test_transactional_calls_run_in_order_on_a_daemon_thread_that_never_blocks_exit() -> None:
+    """A call stuck for good is abandoned with its thread: a daemon, so the worker's
+    process still exits (the interpreter joins ThreadPoolExecutor threads at exit)."""
+    from headrace.connectors.kafka.transactional_producer import CallThread
+
+    calls = CallThread("test-transactions")
+    assert calls._thread.daemon
+    order: list[int] = []
+    assert await calls.call(lambda: order.append(1) or "one") == "one"
+    with pytest.raises(ValueError, match="refused"):
+        await calls.call(lambda: (_ for _ in ()).throw(ValueError("refused")))
+    stuck = threading.Event()
+    pending = calls.call(stuck.wait)  # never returns on its own
+    calls.shutdown(wait=False)  # returns at once: the stuck call is abandoned
+    assert not pending.done()
+    stuck.set()
