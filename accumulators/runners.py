@@ -85,24 +85,44 @@ class AccumulatorRunner:
             self.errors += 1
             raise
 
+    def _counted(self, value: Any) -> None:
+        """Count ``value`` as delivered (health)."""
+        self.delivered += 1
+        self.last_value = value
+        self.last_delivered_at = time.time()
+
     def _envelopes(
         self,
         value: Any,
         acks: tuple[Ack, ...],
-        key: str | None = None,
-        partition: int | None = None,
-    ) -> list[tuple[Channel, Envelope]]:
-        self.delivered += 1
-        self.last_value = value
-        self.last_delivered_at = time.time()
+        message_key: Any,
+        partition: int | None,
+    ) -> list[Envelope]:
+        """The envelopes of ``value``, one per channel (in ``channels`` order).
+
+        None when there is nothing to deliver: a filtered value (``None``) or no reactor
+        watching; its acks are settled here. A value whose key cannot be taken raises
+        ``AccumulatorInputError`` before anything is counted or settled (its acks are the
+        caller's, to dead-letter).
+        """
+        if value is None:
+            self.filtered += 1
+            settle(acks)
+            return []
+        key = None if self.spec.key is None else self._key(value, message_key)
+        channels = self.channels
+        if not channels:
+            settle(acks)
+            return []
+        self._counted(value)
         if self.on_delivered is not None:
             self.on_delivered(self.name, value)
-        if len(self.channels) > 1 and acks:
-            acks = (SharedAck(acks, len(self.channels)),)
-        return [
-            (channel, Envelope(self.name, value, acks, key=key, partition=partition))
-            for channel in self.channels
-        ]
+        name = self.spec.name
+        if len(channels) == 1:  # the common case, without the fan-out bookkeeping
+            return [Envelope(name, value, acks, key=key, partition=partition)]
+        if acks:
+            acks = (SharedAck(acks, len(channels)),)
+        return [Envelope(name, value, acks, key=key, partition=partition) for _ in channels]
 
     def deliver_nowait(
         self,
@@ -118,26 +138,11 @@ class AccumulatorRunner:
         whose key cannot be taken raises ``AccumulatorInputError`` before anything is
         delivered (its acks are the caller's, to dead-letter).
         """
-        if value is None:
-            self.filtered += 1
-            settle(acks)
+        envelopes = self._envelopes(value, acks, message_key, partition)
+        if len(envelopes) == 1:
+            self.channels[0].put_nowait(envelopes[0])
             return
-        key = self._key(value, message_key)
-        channels = self.channels
-        if len(channels) == 1:  # the common case, without the fan-out bookkeeping
-            self.delivered += 1
-            self.last_value = value
-            self.last_delivered_at = time.time()
-            if self.on_delivered is not None:
-                self.on_delivered(self.name, value)
-            channels[0].put_nowait(
-                Envelope(self.spec.name, value, acks, key=key, partition=partition)
-            )
-            return
-        if not channels:
-            settle(acks)
-            return
-        for channel, envelope in self._envelopes(value, acks, key, partition):
+        for channel, envelope in zip(self.channels, envelopes, strict=False):
             channel.put_nowait(envelope)
 
     async def deliver(
@@ -148,15 +153,8 @@ class AccumulatorRunner:
         partition: int | None = None,
     ) -> None:
         """Deliver, waiting while a channel is full (backpressure)."""
-        if value is None:
-            self.filtered += 1
-            settle(acks)
-            return
-        key = self._key(value, message_key)
-        if not self.channels:
-            settle(acks)
-            return
-        for channel, envelope in self._envelopes(value, acks, key, partition):
+        envelopes = self._envelopes(value, acks, message_key, partition)
+        for channel, envelope in zip(self.channels, envelopes, strict=False):
             await channel.put(envelope)
 
     def offer_nowait(
@@ -503,9 +501,7 @@ class TableRunner(AccumulatorRunner):
             key = self._key(value, message_key)
             assert key is not None  # a global accumulator always has a key (check_scope)
             self.table[key] = value
-            self.delivered += 1
-            self.last_value = value
-            self.last_delivered_at = time.time()
+            self._counted(value)
         settle(acks)
 
     async def deliver(
