@@ -39,6 +39,7 @@ from headrace.accumulators.channel import Ack, SharedAck
 from headrace.accumulators.keys import MESSAGE_KEY
 from headrace.connectors.dead_letters import DeadLetter
 from headrace.connectors.kafka.commits import Commits
+from headrace.connectors.kafka.consumer_thread import ConsumerThread
 from headrace.connectors.kafka.flow import (
     Budget,
     PartitionFlow,
@@ -235,7 +236,7 @@ class KafkaSource:
         self._runtime: SourceContext | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor: ConsumerThread | None = None
         self._consumer: Consumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -309,7 +310,7 @@ class KafkaSource:
         await self.changelogs.start(runtime, self.accumulators)
         if self.changelogs.multi_topic:
             self._use_range_assignor()
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, "headrace-kafka-consumer")
+        self._executor = ConsumerThread("headrace-kafka-consumer")
         self._stopping = False
         await self._call(self._open, sorted(topics))
         if self.transactions is not None:
@@ -387,8 +388,8 @@ class KafkaSource:
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` on the consumer thread (every consumer call goes through here)."""
-        assert self._loop is not None and self._executor is not None
-        return await self._loop.run_in_executor(self._executor, fn, *args)
+        assert self._executor is not None
+        return await self._executor.call(fn, *args)
 
     # -- fetching ----------------------------------------------------------------------
     def _fetch(self, limit: int) -> list[Message]:
