@@ -31,6 +31,14 @@ RETRY_BACKOFF_MAX = 30.0
 """Longest wait between two attempts to flush a batch whose dead letter failed."""
 
 
+def _full_channel(channels: list[Channel]) -> Channel | None:
+    """The first channel without room, if any."""
+    for channel in channels:
+        if not channel.has_space():
+            return channel
+    return None
+
+
 class AccumulatorRunner:
     """Delivers values of one accumulator into the channels of the reactors watching it."""
 
@@ -86,43 +94,10 @@ class AccumulatorRunner:
             raise
 
     def _counted(self, value: Any) -> None:
-        """Count ``value`` as delivered (health)."""
+        """Count ``value`` as delivered (health); ``deliver_nowait`` inlines it."""
         self.delivered += 1
         self.last_value = value
         self.last_delivered_at = time.time()
-
-    def _envelopes(
-        self,
-        value: Any,
-        acks: tuple[Ack, ...],
-        message_key: Any,
-        partition: int | None,
-    ) -> list[Envelope]:
-        """The envelopes of ``value``, one per channel (in ``channels`` order).
-
-        None when there is nothing to deliver: a filtered value (``None``) or no reactor
-        watching; its acks are settled here. A value whose key cannot be taken raises
-        ``AccumulatorInputError`` before anything is counted or settled (its acks are the
-        caller's, to dead-letter).
-        """
-        if value is None:
-            self.filtered += 1
-            settle(acks)
-            return []
-        key = None if self.spec.key is None else self._key(value, message_key)
-        channels = self.channels
-        if not channels:
-            settle(acks)
-            return []
-        self._counted(value)
-        if self.on_delivered is not None:
-            self.on_delivered(self.name, value)
-        name = self.spec.name
-        if len(channels) == 1:  # the common case, without the fan-out bookkeeping
-            return [Envelope(name, value, acks, key=key, partition=partition)]
-        if acks:
-            acks = (SharedAck(acks, len(channels)),)
-        return [Envelope(name, value, acks, key=key, partition=partition) for _ in channels]
 
     def deliver_nowait(
         self,
@@ -131,19 +106,36 @@ class AccumulatorRunner:
         message_key: Any = None,
         partition: int | None = None,
     ) -> None:
-        """Deliver without waiting; callers check ``has_space`` first.
+        """Deliver without waiting; callers check ``has_space`` first (``deliver`` waits).
 
         ``message_key`` is the raw key of the message that carried the value, for
         ``key="@message"``; ``partition`` its input partition (keyed changelogs). A value
         whose key cannot be taken raises ``AccumulatorInputError`` before anything is
-        delivered (its acks are the caller's, to dead-letter).
+        delivered (its acks are the caller's, to dead-letter). The one place that turns a
+        value into envelopes: one per channel, acks shared across them.
         """
-        envelopes = self._envelopes(value, acks, message_key, partition)
-        if len(envelopes) == 1:
-            self.channels[0].put_nowait(envelopes[0])
+        if value is None:
+            self.filtered += 1
+            settle(acks)
             return
-        for channel, envelope in zip(self.channels, envelopes, strict=False):
-            channel.put_nowait(envelope)
+        key = None if self.spec.key is None else self._key(value, message_key)
+        channels = self.channels
+        if not channels:
+            settle(acks)
+            return
+        self.delivered += 1  # _counted, inlined: once per message
+        self.last_value = value
+        self.last_delivered_at = time.time()
+        if self.on_delivered is not None:
+            self.on_delivered(self.name, value)
+        name = self.spec.name
+        if len(channels) == 1:  # the common case, without the fan-out bookkeeping
+            channels[0].put_nowait(Envelope(name, value, acks, key=key, partition=partition))
+            return
+        if acks:
+            acks = (SharedAck(acks, len(channels)),)
+        for channel in channels:
+            channel.put_nowait(Envelope(name, value, acks, key=key, partition=partition))
 
     async def deliver(
         self,
@@ -152,10 +144,15 @@ class AccumulatorRunner:
         message_key: Any = None,
         partition: int | None = None,
     ) -> None:
-        """Deliver, waiting while a channel is full (backpressure)."""
-        envelopes = self._envelopes(value, acks, message_key, partition)
-        for channel, envelope in zip(self.channels, envelopes, strict=False):
-            await channel.put(envelope)
+        """Deliver, waiting while a channel is full (backpressure): waits until every
+        channel has room at once, then delivers as ``deliver_nowait`` does. Raises
+        ``ChannelClosedError`` when a full channel's reactor stopped for good."""
+        if value is not None:  # a filtered value settles at once, whatever the room
+            full = _full_channel(self.channels)
+            while full is not None:
+                await full.wait_for_space()
+                full = _full_channel(self.channels)
+        self.deliver_nowait(value, acks, message_key, partition)
 
     def offer_nowait(
         self,
