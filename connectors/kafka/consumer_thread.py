@@ -68,11 +68,11 @@ class ConsumerThread:
                 return
             fn, args, reply = work
             try:
-                result = fn(*args)
-            except BaseException as error:  # handed to the caller, never kills the thread
-                reply(None, error)
-            else:
-                reply(result, None)
+                result, error = fn(*args), None
+            except BaseException as failure:  # handed to the caller, never kills the thread
+                result, error = None, failure
+            with contextlib.suppress(Exception):  # a submitted future cancelled meanwhile
+                reply(result, error)
 
     def _put(self, fn: Callable[..., Any], args: tuple[Any, ...], reply: Reply) -> None:
         if self._closed:

@@ -50,3 +50,18 @@ async def test_a_cancelled_caller_does_not_break_the_thread() -> None:
         assert await worker.call(lambda: "still serving") == "still serving"
     finally:
         worker.shutdown(wait=True)
+
+
+async def test_a_submitted_future_cancelled_before_its_call_ran_does_not_kill_the_thread() -> None:
+    worker = ConsumerThread("test-consumer")
+    release = threading.Event()
+    try:
+        blocker = worker.submit(release.wait, 5)
+        queued = worker.submit(lambda: "ran anyway")
+        assert queued.cancel(), "still queued behind the blocker"
+        release.set()
+        await asyncio.wait_for(asyncio.wrap_future(blocker), 5)
+        assert await asyncio.wait_for(worker.call(lambda: "serving"), 5) == "serving"
+    finally:
+        release.set()
+        worker.shutdown(wait=True)
