@@ -115,13 +115,17 @@ class Channel:
             self._space.clear()
         self.on_put()
 
-    async def put(self, envelope: Envelope) -> None:
+    async def wait_for_space(self) -> None:
+        """Return once the channel has room; ``ChannelClosedError`` if it is closed."""
         while not self.has_space():
             if self.closed_reason is not None:
                 raise ChannelClosedError(
                     f"channel {self.accumulator!r} is closed: {self.closed_reason}"
                 )
             await self._space.wait()
+
+    async def put(self, envelope: Envelope) -> None:
+        await self.wait_for_space()
         self.put_nowait(envelope)
 
     def close(self, reason: str) -> None:

@@ -31,6 +31,14 @@ RETRY_BACKOFF_MAX = 30.0
 """Longest wait between two attempts to flush a batch whose dead letter failed."""
 
 
+def _full_channel(channels: list[Channel]) -> Channel | None:
+    """The first channel without room, if any."""
+    for channel in channels:
+        if not channel.has_space():
+            return channel
+    return None
+
+
 class AccumulatorRunner:
     """Delivers values of one accumulator into the channels of the reactors watching it."""
 
@@ -85,24 +93,11 @@ class AccumulatorRunner:
             self.errors += 1
             raise
 
-    def _envelopes(
-        self,
-        value: Any,
-        acks: tuple[Ack, ...],
-        key: str | None = None,
-        partition: int | None = None,
-    ) -> list[tuple[Channel, Envelope]]:
+    def _counted(self, value: Any) -> None:
+        """Count ``value`` as delivered (health); ``deliver_nowait`` inlines it."""
         self.delivered += 1
         self.last_value = value
         self.last_delivered_at = time.time()
-        if self.on_delivered is not None:
-            self.on_delivered(self.name, value)
-        if len(self.channels) > 1 and acks:
-            acks = (SharedAck(acks, len(self.channels)),)
-        return [
-            (channel, Envelope(self.name, value, acks, key=key, partition=partition))
-            for channel in self.channels
-        ]
 
     def deliver_nowait(
         self,
@@ -111,34 +106,36 @@ class AccumulatorRunner:
         message_key: Any = None,
         partition: int | None = None,
     ) -> None:
-        """Deliver without waiting; callers check ``has_space`` first.
+        """Deliver without waiting; callers check ``has_space`` first (``deliver`` waits).
 
         ``message_key`` is the raw key of the message that carried the value, for
         ``key="@message"``; ``partition`` its input partition (keyed changelogs). A value
         whose key cannot be taken raises ``AccumulatorInputError`` before anything is
-        delivered (its acks are the caller's, to dead-letter).
+        delivered (its acks are the caller's, to dead-letter). The one place that turns a
+        value into envelopes: one per channel, acks shared across them.
         """
         if value is None:
             self.filtered += 1
             settle(acks)
             return
-        key = self._key(value, message_key)
+        key = None if self.spec.key is None else self._key(value, message_key)
         channels = self.channels
-        if len(channels) == 1:  # the common case, without the fan-out bookkeeping
-            self.delivered += 1
-            self.last_value = value
-            self.last_delivered_at = time.time()
-            if self.on_delivered is not None:
-                self.on_delivered(self.name, value)
-            channels[0].put_nowait(
-                Envelope(self.spec.name, value, acks, key=key, partition=partition)
-            )
-            return
         if not channels:
             settle(acks)
             return
-        for channel, envelope in self._envelopes(value, acks, key, partition):
-            channel.put_nowait(envelope)
+        self.delivered += 1  # _counted, inlined: once per message
+        self.last_value = value
+        self.last_delivered_at = time.time()
+        if self.on_delivered is not None:
+            self.on_delivered(self.name, value)
+        name = self.spec.name
+        if len(channels) == 1:  # the common case, without the fan-out bookkeeping
+            channels[0].put_nowait(Envelope(name, value, acks, key=key, partition=partition))
+            return
+        if acks:
+            acks = (SharedAck(acks, len(channels)),)
+        for channel in channels:
+            channel.put_nowait(Envelope(name, value, acks, key=key, partition=partition))
 
     async def deliver(
         self,
@@ -147,17 +144,15 @@ class AccumulatorRunner:
         message_key: Any = None,
         partition: int | None = None,
     ) -> None:
-        """Deliver, waiting while a channel is full (backpressure)."""
-        if value is None:
-            self.filtered += 1
-            settle(acks)
-            return
-        key = self._key(value, message_key)
-        if not self.channels:
-            settle(acks)
-            return
-        for channel, envelope in self._envelopes(value, acks, key, partition):
-            await channel.put(envelope)
+        """Deliver, waiting while a channel is full (backpressure): waits until every
+        channel has room at once, then delivers as ``deliver_nowait`` does. Raises
+        ``ChannelClosedError`` when a full channel's reactor stopped for good."""
+        if value is not None:  # a filtered value settles at once, whatever the room
+            full = _full_channel(self.channels)
+            while full is not None:
+                await full.wait_for_space()
+                full = _full_channel(self.channels)
+        self.deliver_nowait(value, acks, message_key, partition)
 
     def offer_nowait(
         self,
@@ -503,9 +498,7 @@ class TableRunner(AccumulatorRunner):
             key = self._key(value, message_key)
             assert key is not None  # a global accumulator always has a key (check_scope)
             self.table[key] = value
-            self.delivered += 1
-            self.last_value = value
-            self.last_delivered_at = time.time()
+            self._counted(value)
         settle(acks)
 
     async def deliver(

@@ -1,60 +1,118 @@
 """Per-partition offset tracking: commit only what has been fully handled.
 
 Offsets are *begun* when a message is taken from Kafka (in increasing order per partition)
-and *done* when it has been handled, in any order. The committable position of a partition
-is the highest contiguous done offset + 1: it never passes an offset that is begun but not
-done. Memory is bounded by the offsets in flight, not by how many were consumed.
+and *done* when it has been handled, in any order. Begun offsets are grouped in ranges: a
+source opens one ``OffsetRange`` per run of messages of one partition in a fetched batch,
+and the range itself is the ack of every message in it (called once per message, no
+closure per message). The committable position of a partition is the first offset of its
+oldest range not done yet (or the last begun offset + 1): it never passes an offset that
+is begun but not done. Memory is bounded by the ranges in flight, not by how many
+messages were consumed.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
-from functools import partial
 from typing import Any
 
 TP = Hashable
 """A partition key, e.g. ``(topic, partition)``."""
 
 
+class OffsetRange:
+    """Begun offsets ``first..last`` of one partition (``count`` messages, gaps allowed):
+    each call acks one of them; the range is done once all ``count`` are.
+
+    Acks may arrive before the range is closed (a value filtered at once): ``remaining``
+    goes below zero until ``close`` adds the count, so it reaches zero exactly once.
+    """
+
+    __slots__ = ("count", "done", "first", "last", "owner", "remaining")
+
+    def __init__(self, owner: PartitionOffsets, first: int) -> None:
+        self.owner = owner
+        self.first = first
+        self.last = first
+        self.count = 0
+        self.remaining = 0
+        self.done = False
+
+    def __call__(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.owner._finish(self)
+
+    def close(self, count: int) -> None:
+        """No more offsets join: ``count`` were begun, up to the owner's ``last_begun``."""
+        owner = self.owner
+        self.last = owner.last_begun
+        self.count = count
+        owner._held += count
+        self.remaining += count
+        if self.remaining == 0:
+            owner._finish(self)
+
+    def __repr__(self) -> str:
+        return f"OffsetRange({self.first}..{self.last}, {self.count} begun, {self.remaining} open)"
+
+
 class PartitionOffsets:
     """Offsets of one partition for one assignment generation.
 
-    ``_inflight`` holds begun offsets not yet below the position, in increasing order;
-    ``_done`` holds done offsets that still wait for a smaller one. Once the partition is
-    revoked, the tracker forgets this object, so acks bound to it change nothing.
+    ``_ranges`` holds the ranges not yet below the position, oldest first. Once the
+    partition is revoked, the tracker forgets this object, so acks bound to it (and to its
+    ranges) change nothing the tracker reports.
     """
 
-    __slots__ = ("_done", "_inflight", "committed", "last_begun", "position")
+    __slots__ = ("_held", "_ranges", "committed", "last_begun", "position")
 
     def __init__(self) -> None:
-        self._inflight: deque[int] = deque()
-        self._done: set[int] = set()
+        self._ranges: deque[OffsetRange] = deque()
+        self._held = 0
         self.position: int | None = None
         self.committed: int | None = None
         self.last_begun = -1
 
-    def begin(self, offset: int) -> None:
-        if offset <= self.last_begun:
-            raise ValueError(f"offset {offset} begun after {self.last_begun}: must increase")
-        self.last_begun = offset
-        self._inflight.append(offset)
+    def open(self, first: int) -> OffsetRange:
+        """Start a range at ``first``; the caller sets ``last_begun`` for each further
+        offset it takes (increasing), then calls ``close`` on the range."""
+        if first <= self.last_begun:
+            raise ValueError(f"offset {first} begun after {self.last_begun}: must increase")
+        self.last_begun = first
+        window = OffsetRange(self, first)
+        self._ranges.append(window)
+        return window
+
+    def begin(self, offset: int) -> OffsetRange:
+        """Begin one offset; returns its ack (a closed range of one)."""
+        window = self.open(offset)
+        window.close(1)
+        return window
+
+    def _finish(self, window: OffsetRange) -> None:
+        if window.done:
+            return
+        window.done = True
+        ranges = self._ranges
+        if not ranges or ranges[0] is not window:
+            return  # waits for an older range
+        while ranges and ranges[0].done:
+            self._held -= ranges.popleft().count
+        self.position = ranges[0].first if ranges else self.last_begun + 1
 
     def done(self, offset: int) -> None:
-        inflight = self._inflight
-        if inflight and inflight[0] == offset:
-            inflight.popleft()
-            done = self._done
-            while inflight and inflight[0] in done:
-                done.discard(inflight.popleft())
-            self.position = inflight[0] if inflight else self.last_begun + 1
-        elif inflight and inflight[0] < offset <= self.last_begun:
-            self._done.add(offset)
-        # else: never begun here, or already done: ignore
+        """Ack ``offset`` when it is the only offset of its range (unknown: ignored)."""
+        for window in self._ranges:
+            if window.first == offset == window.last and window.count == 1:
+                if not window.done and window.remaining > 0:
+                    window()
+                return
 
     @property
     def in_flight(self) -> int:
-        return len(self._inflight)
+        """Begun offsets not yet below the position (done ones behind an open range count)."""
+        return self._held
 
     def advanced(self) -> bool:
         return self.position is not None and (
@@ -84,9 +142,7 @@ class OffsetTracker:
         The ack is bound to the current assignment of ``tp``: after ``revoke`` it does
         nothing, even if the partition has been assigned again since.
         """
-        state = self.partition(tp)
-        state.begin(offset)
-        return partial(state.done, offset)
+        return self.partition(tp).begin(offset)
 
     def done(self, tp: TP, offset: int) -> None:
         """Mark ``offset`` of the current assignment of ``tp`` handled (unknown: ignored).

@@ -35,9 +35,11 @@ from headrace.accumulators import (
     AccumulatorRunner,
     BatchRunner,
 )
-from headrace.accumulators.channel import SharedAck
+from headrace.accumulators.channel import Ack, SharedAck
+from headrace.accumulators.keys import MESSAGE_KEY
 from headrace.connectors.dead_letters import DeadLetter
 from headrace.connectors.kafka.commits import Commits
+from headrace.connectors.kafka.consumer_thread import ConsumerThread
 from headrace.connectors.kafka.flow import (
     Budget,
     PartitionFlow,
@@ -48,7 +50,7 @@ from headrace.connectors.kafka.flow import (
 )
 from headrace.connectors.kafka.global_table import GlobalTables, split_tables
 from headrace.connectors.kafka.keyed_changelogs import KeyedChangelogs, client_settings
-from headrace.connectors.kafka.offsets import OffsetTracker, PartitionOffsets
+from headrace.connectors.kafka.offsets import OffsetRange, OffsetTracker, PartitionOffsets
 from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER, ErrorLog
 from headrace.connectors.kafka.transactions import check_guarantee
 
@@ -86,7 +88,15 @@ class _Route:
     the source's dead letters in flight are over their budget.
     """
 
-    __slots__ = ("capacity", "dead_letters", "is_async", "max_batch_events", "runners", "topic")
+    __slots__ = (
+        "capacity",
+        "dead_letters",
+        "is_async",
+        "max_batch_events",
+        "runners",
+        "topic",
+        "wants_key",
+    )
 
     def __init__(
         self,
@@ -102,6 +112,8 @@ class _Route:
         self.is_async = any(
             r.spec.kind is AccumulatorKind.STREAM and r.spec.is_async for r in runners
         )
+        self.wants_key = any(r.spec.key == MESSAGE_KEY for r in runners)
+        """A runner keys by the message key: read ``msg.key()`` (else never)."""
         self.capacity = min(
             min((c.maxsize for c in r.channels), default=1 << 30)
             if not isinstance(r, BatchRunner)
@@ -226,7 +238,7 @@ class KafkaSource:
         self._runtime: SourceContext | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor: ConsumerThread | None = None
         self._consumer: Consumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -300,7 +312,7 @@ class KafkaSource:
         await self.changelogs.start(runtime, self.accumulators)
         if self.changelogs.multi_topic:
             self._use_range_assignor()
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, "headrace-kafka-consumer")
+        self._executor = ConsumerThread("headrace-kafka-consumer")
         self._stopping = False
         await self._call(self._open, sorted(topics))
         if self.transactions is not None:
@@ -378,8 +390,8 @@ class KafkaSource:
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` on the consumer thread (every consumer call goes through here)."""
-        assert self._loop is not None and self._executor is not None
-        return await self._loop.run_in_executor(self._executor, fn, *args)
+        assert self._executor is not None
+        return await self._executor.call(fn, *args)
 
     # -- fetching ----------------------------------------------------------------------
     def _fetch(self, limit: int) -> list[Message]:
@@ -492,7 +504,13 @@ class KafkaSource:
 
     # -- handling messages (event loop) ------------------------------------------------
     async def _handle(self, messages: list[Message]) -> None:
-        """Decode and deliver a batch; per partition run, look-ups happen once."""
+        """Decode and deliver a batch; per partition run, look-ups happen once.
+
+        The messages of one partition run share one ``OffsetRange``: it is every one of
+        their acks (no closure per message) and is closed when the run ends. A route with
+        an async accumulator awaits per message: each of its messages is a range of its own,
+        closed before the await, so no range is open while other code runs.
+        """
         routes = self._routes
         flow = self.flow
         paused = flow.paused
@@ -507,84 +525,115 @@ class KafkaSource:
         skip = True
         route: _Route | None = None
         state: PartitionOffsets | None = None
-        for msg in messages:
-            if msg.error() is not None:
-                self._on_message_error(msg)
-                continue
-            topic = msg.topic()
-            partition = msg.partition()
-            if current is None or partition != current[1] or topic != current[0]:
-                current = (topic, partition)
-                route = routes.get(topic)
-                skip = route is None or current not in assigned
-                state = None if skip else self.tracker.partition(current)
-                left = 0 if state is None else cap - state.in_flight
-            if skip:
-                continue  # not ours any more
-            assert route is not None and state is not None
-            offset = msg.offset()
-            if current in paused:
-                # Fetched before the pause took effect: rewind the partition to the first
-                # offset not taken yet, so that nothing is skipped for good.
-                flow.rewind(current, state.last_begun + 1 if state.last_begun >= 0 else offset)
-                continue
-            room = rooms.get(topic, 0)
-            if room <= 0:
-                room = route.room()
-                if room <= 0:  # full: pause, and fetch from here again on resume
+        window: OffsetRange | None = None  # the open range of the current run
+        taken = 0  # offsets in it
+        acks: tuple[Ack, ...] = ()
+        try:
+            for msg in messages:
+                if msg.error() is not None:
+                    self._on_message_error(msg)
+                    continue
+                topic = msg.topic()
+                partition = msg.partition()
+                if current is None or partition != current[1] or topic != current[0]:
+                    if window is not None:
+                        window.close(taken)
+                        window = None
+                    current = (topic, partition)
+                    route = routes.get(topic)
+                    skip = route is None or current not in assigned
+                    state = None if skip else self.tracker.partition(current)
+                    left = 0 if state is None else cap - state.in_flight
+                if skip:
+                    continue  # not ours any more
+                assert route is not None and state is not None
+                offset = msg.offset()
+                if current in paused:
+                    # Fetched before the pause took effect: rewind the partition to the first
+                    # offset not taken yet, so that nothing is skipped for good.
+                    flow.rewind(current, state.last_begun + 1 if state.last_begun >= 0 else offset)
+                    continue
+                room = rooms.get(topic, 0)
+                if room <= 0:
+                    room = route.room()
+                    if room <= 0:  # full: pause, and fetch from here again on resume
+                        self._pause(
+                            current, state.last_begun + 1 if state.last_begun >= 0 else offset
+                        )
+                        continue
+                rooms[topic] = room - 1
+                if offset <= state.last_begun:
+                    continue  # already taken (fetched again after a seek)
+                if left <= 0:  # too many in flight behind a stuck head: pause, fetch here again
                     self._pause(current, state.last_begun + 1 if state.last_begun >= 0 else offset)
                     continue
-            rooms[topic] = room - 1
-            if offset <= state.last_begun:
-                continue  # already taken (fetched again after a seek)
-            if left <= 0:  # too many in flight behind a stuck head: pause, fetch here again
-                self._pause(current, state.last_begun + 1 if state.last_begun >= 0 else offset)
-                continue
-            left -= 1
-            state.begin(offset)
-            ack = partial(state.done, offset)
-            count += 1
-            value = msg.value()
-            try:
-                if value is None:
-                    self._dead_letter(route, msg, "null value", ack)
-                    continue
-                if len(value) > limit:
-                    reason = f"value of {len(value)} bytes exceeds max_message_bytes={limit}"
-                    self._dead_letter(route, msg, reason, ack, value[:PREVIEW_BYTES])
-                    continue
-                try:
-                    event = loads(value)
-                except orjson.JSONDecodeError as error:
-                    self._dead_letter(route, msg, f"not JSON: {error}", ack)
-                    continue
-                runners = route.runners
-                if len(runners) == 1:
-                    runner = runners[0]
-                    try:
-                        if route.is_async:
-                            await runner.offer(event, (ack,), msg.key(), partition)
-                        else:
-                            runner.offer_nowait(event, (ack,), msg.key(), partition)
-                    except AccumulatorInputError as error:
-                        self._dead_letter(route, msg, error.reason, ack, accumulator=runner.name)
+                left -= 1
+                count += 1
+                if route.is_async:  # awaits below: a closed range of its own
+                    ack = state.begin(offset)
+                    acks = (ack,)
                 else:
-                    await self._offer_many(route, msg, event, ack)
-            except Exception as error:  # never drop a taken message silently
-                log.exception("unexpected error handling a message", topic=topic, offset=offset)
-                self._dead_letter(route, msg, f"unexpected error: {error!r}", ack)
-        self.stats["messages"] += count
+                    if window is None:
+                        window = state.open(offset)
+                        acks = (window,)
+                        taken = 1
+                    else:
+                        state.last_begun = offset
+                        taken += 1
+                    ack = window
+                value = msg.value()
+                try:
+                    if value is None:
+                        self._dead_letter(route, msg, "null value", ack)
+                        continue
+                    if len(value) > limit:
+                        reason = f"value of {len(value)} bytes exceeds max_message_bytes={limit}"
+                        self._dead_letter(route, msg, reason, ack, value[:PREVIEW_BYTES])
+                        continue
+                    try:
+                        event = loads(value)
+                    except orjson.JSONDecodeError as error:
+                        self._dead_letter(route, msg, f"not JSON: {error}", ack)
+                        continue
+                    key = msg.key() if route.wants_key else None
+                    runners = route.runners
+                    if len(runners) == 1:
+                        runner = runners[0]
+                        try:
+                            if route.is_async:
+                                await runner.offer(event, acks, key, partition)
+                            else:
+                                runner.offer_nowait(event, acks, key, partition)
+                        except AccumulatorInputError as error:
+                            self._dead_letter(
+                                route, msg, error.reason, ack, accumulator=runner.name
+                            )
+                    else:
+                        await self._offer_many(route, msg, event, ack, key, partition)
+                except Exception as error:  # never drop a taken message silently
+                    log.exception("unexpected error handling a message", topic=topic, offset=offset)
+                    self._dead_letter(route, msg, f"unexpected error: {error!r}", ack)
+        finally:
+            if window is not None:
+                window.close(taken)
+            self.stats["messages"] += count
 
     async def _offer_many(
-        self, route: _Route, msg: Message, event: Any, ack: Callable[[], None]
+        self,
+        route: _Route,
+        msg: Message,
+        event: Any,
+        ack: Callable[[], None],
+        key: Any,
+        partition: int,
     ) -> None:
         shared = SharedAck((ack,), len(route.runners))
         for runner in route.runners:
             try:
                 if runner.spec.kind is AccumulatorKind.STREAM and runner.spec.is_async:
-                    await runner.offer(event, (shared,), msg.key(), msg.partition())
+                    await runner.offer(event, (shared,), key, partition)
                 else:
-                    runner.offer_nowait(event, (shared,), msg.key(), msg.partition())
+                    runner.offer_nowait(event, (shared,), key, partition)
             except AccumulatorInputError as error:
                 self._dead_letter(route, msg, error.reason, shared, accumulator=runner.name)
 

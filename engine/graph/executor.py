@@ -157,7 +157,11 @@ class GraphExecutor:
         for name, fn, shape, entry_inputs, parents, takes_key in self._plan:
             try:
                 if entry_inputs is not None:
-                    kwargs = {item: inputs.get(item) for item in entry_inputs}
+                    if len(entry_inputs) == 1:  # no comprehension (a frame each in 3.11)
+                        only = entry_inputs[0]
+                        kwargs = {only: inputs.get(only)}
+                    else:
+                        kwargs = {item: inputs.get(item) for item in entry_inputs}
                     if takes_key and key is not None:
                         kwargs[KEY_PARAMETER] = key
                     output = fn(**kwargs)
