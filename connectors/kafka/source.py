@@ -38,8 +38,8 @@ from headrace.accumulators import (
 from headrace.accumulators.channel import Ack, SharedAck
 from headrace.accumulators.keys import MESSAGE_KEY
 from headrace.connectors.dead_letters import DeadLetter
+from headrace.connectors.kafka.call_thread import CallThread
 from headrace.connectors.kafka.commits import Commits
-from headrace.connectors.kafka.consumer_thread import ConsumerThread
 from headrace.connectors.kafka.flow import (
     Budget,
     PartitionFlow,
@@ -238,7 +238,7 @@ class KafkaSource:
         self._runtime: SourceContext | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
-        self._executor: ConsumerThread | None = None
+        self._executor: CallThread | None = None
         self._consumer: Consumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -312,7 +312,7 @@ class KafkaSource:
         await self.changelogs.start(runtime, self.accumulators)
         if self.changelogs.multi_topic:
             self._use_range_assignor()
-        self._executor = ConsumerThread("headrace-kafka-consumer")
+        self._executor = CallThread("headrace-kafka-consumer")
         self._stopping = False
         await self._call(self._open, sorted(topics))
         if self.transactions is not None:

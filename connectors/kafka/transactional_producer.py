@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -21,6 +20,7 @@ from typing import Any, Protocol
 import structlog
 from confluent_kafka import KafkaException, Producer, TopicPartition
 
+from headrace.connectors.kafka.call_thread import CallThread
 from headrace.connectors.kafka.deliveries import Delivered, Deliveries
 from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER, ErrorLog
 
@@ -65,53 +65,6 @@ class TransactionalCallStuck(RuntimeError):
     """A transactional call outlived its own timeout: librdkafka's
     ``send_offsets_to_transaction`` can block past it while the coordinator is away
     (confluentinc/librdkafka#5456, #5511). The client is abandoned and a new one made."""
-
-
-class CallThread:
-    """One daemon thread running blocking calls in order. A call stuck for good (see
-    ``TransactionalCallStuck``) is abandoned with it and never holds the process's exit
-    back, which a ``ThreadPoolExecutor`` thread would (the interpreter joins those)."""
-
-    def __init__(self, name: str) -> None:
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            loop, future, fn, args = item
-            try:
-                result = fn(*args)
-            except BaseException as error:
-                with contextlib.suppress(RuntimeError):  # loop closed
-                    loop.call_soon_threadsafe(_fail, future, error)
-            else:
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_succeed, future, result)
-
-    def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put((loop, future, fn, args))
-        return future
-
-    def shutdown(self, wait: bool) -> None:
-        self._queue.put(None)
-        if wait:
-            self._thread.join()
-
-
-def _succeed(future: asyncio.Future[Any], result: Any) -> None:
-    if not future.done():
-        future.set_result(result)
-
-
-def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)
 
 
 class TransactionalProducer:

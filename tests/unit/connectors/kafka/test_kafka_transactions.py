@@ -537,21 +537,3 @@ async def test_a_busy_probe_holds_the_commit_back() -> None:
     assert await commit
     fetch.cancel()
     assert "commit" in client.names()
-
-
-async def test_transactional_calls_run_in_order_on_a_daemon_thread_that_never_blocks_exit() -> None:
-    """A call stuck for good is abandoned with its thread: a daemon, so the worker's
-    process still exits (the interpreter joins ThreadPoolExecutor threads at exit)."""
-    from headrace.connectors.kafka.transactional_producer import CallThread
-
-    calls = CallThread("test-transactions")
-    assert calls._thread.daemon
-    order: list[int] = []
-    assert await calls.call(lambda: order.append(1) or "one") == "one"
-    with pytest.raises(ValueError, match="refused"):
-        await calls.call(lambda: (_ for _ in ()).throw(ValueError("refused")))
-    stuck = threading.Event()
-    pending = calls.call(stuck.wait)  # never returns on its own
-    calls.shutdown(wait=False)  # returns at once: the stuck call is abandoned
-    assert not pending.done()
-    stuck.set()

@@ -161,7 +161,7 @@ async def test_a_final_commit_failing_in_a_rebalance_still_closes_the_consumer(
     """SIGTERM during a rebalance: the last commit fails with ILLEGAL_GENERATION. Its warning
     (tuple-keyed offsets) must render, and close() must go on to close the consumer (the
     LeaveGroup), instead of raising out of close() and leaving the group to time out."""
-    from headrace.connectors.kafka.consumer_thread import ConsumerThread
+    from headrace.connectors.kafka.call_thread import CallThread
     from headrace.connectors.kafka.source import KafkaSource
 
     class Rebalancing:
@@ -177,7 +177,7 @@ async def test_a_final_commit_failing_in_a_rebalance_still_closes_the_consumer(
     consumer = Rebalancing()
     source._consumer = consumer  # type: ignore[assignment]
     source._loop = asyncio.get_running_loop()
-    source._executor = ConsumerThread("test-consumer")
+    source._executor = CallThread("test-consumer")
     source.tracker.begin(("t", 0), 5)()  # offset 5 handled: 6 is committable
     await source.close()
     assert consumer.closed

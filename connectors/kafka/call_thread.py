@@ -1,10 +1,14 @@
-"""One dedicated thread that runs every call on a Kafka consumer, in order.
+"""One dedicated daemon thread that runs a Kafka client's blocking calls, in order.
 
-confluent-kafka's consumer is used from one thread (its rebalance callbacks run inside
-``poll`` there). ``ConsumerThread.call`` hands a call over from the event loop with one
-put on a C queue and answers with one ``call_soon_threadsafe``: no
-``concurrent.futures.Future``, no ``wrap_future`` chaining and no executor bookkeeping,
-which ``run_in_executor`` paid once per fetched batch (tests/bench/PROFILE.md).
+The source's consumer is used from one thread (its rebalance callbacks run inside
+``poll`` there), and so is the transactional producer. ``CallThread.call`` hands a call
+over from the event loop with one put on a C queue and answers with one
+``call_soon_threadsafe``: no ``concurrent.futures.Future``, no ``wrap_future`` chaining
+and no executor bookkeeping, which ``run_in_executor`` paid once per fetched batch
+(tests/bench/PROFILE.md). The thread is a daemon: a call stuck for good (a transactional
+call past its timeout, librdkafka#5456) is abandoned with it and never holds the
+process's exit back, which a ``ThreadPoolExecutor`` thread would (the interpreter joins
+those at exit).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ def _reply_to(
         done.set_result(result)
 
 
-class ConsumerThread:
+class CallThread:
     """Runs submitted calls one at a time, in submission order, on thread ``name``."""
 
     def __init__(self, name: str) -> None:

@@ -1,4 +1,4 @@
-"""ConsumerThread: every call on one named thread, in order; results and errors come back."""
+"""CallThread: every call on one named thread, in order; results and errors come back."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import threading
 
 import pytest
 
-from headrace.connectors.kafka.consumer_thread import ConsumerThread
+from headrace.connectors.kafka.call_thread import CallThread
 
 
 async def test_calls_run_in_order_on_one_thread_and_errors_reach_the_caller() -> None:
-    worker = ConsumerThread("test-consumer")
+    worker = CallThread("test-consumer")
     seen: list[tuple[int, str]] = []
 
     def record(i: int) -> int:
@@ -38,7 +38,7 @@ async def test_calls_run_in_order_on_one_thread_and_errors_reach_the_caller() ->
 
 
 async def test_a_cancelled_caller_does_not_break_the_thread() -> None:
-    worker = ConsumerThread("test-consumer")
+    worker = CallThread("test-consumer")
     release = threading.Event()
     try:
         waiting = asyncio.ensure_future(worker.call(release.wait, 5))
@@ -53,7 +53,7 @@ async def test_a_cancelled_caller_does_not_break_the_thread() -> None:
 
 
 async def test_a_submitted_future_cancelled_before_its_call_ran_does_not_kill_the_thread() -> None:
-    worker = ConsumerThread("test-consumer")
+    worker = CallThread("test-consumer")
     release = threading.Event()
     try:
         blocker = worker.submit(release.wait, 5)
@@ -65,3 +65,16 @@ async def test_a_submitted_future_cancelled_before_its_call_ran_does_not_kill_th
     finally:
         release.set()
         worker.shutdown(wait=True)
+
+
+def test_a_stuck_call_is_abandoned_on_a_daemon_thread_that_never_blocks_exit() -> None:
+    """A call stuck for good is abandoned with its thread: a daemon, so the worker's
+    process still exits (the interpreter joins ThreadPoolExecutor threads at exit)."""
+    calls = CallThread("test-transactions")
+    assert calls._thread.daemon
+    stuck = threading.Event()
+    pending = calls.submit(stuck.wait)  # never returns on its own
+    calls.shutdown(wait=False)  # returns at once: the stuck call is abandoned
+    assert not pending.done() and calls._thread.is_alive()
+    stuck.set()
+    assert pending.result(timeout=5) is True
