@@ -265,7 +265,7 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
 
-    handler = logging.StreamHandler(out)
+    handler = SharedWriterHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[
@@ -299,6 +299,25 @@ class SafePrintLogger(structlog.PrintLogger):
             LOG_FAILURES.note("write", error)
 
     log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+
+class SharedWriterHandler(logging.Handler):
+    """The stdlib side (librdkafka's log callback, uvicorn) writes each line through a
+    ``SafePrintLogger`` too, so both sides hold structlog's one lock per stream: a
+    ``StreamHandler`` has a lock of its own, and a line from another thread could land in
+    the middle of a structlog line (a torn JSON line)."""
+
+    def __init__(self, file: TextIO | None = None) -> None:
+        super().__init__()
+        self._writer = SafePrintLogger(file)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self._writer.msg(line)
 
 
 class SafePrintLoggerFactory:

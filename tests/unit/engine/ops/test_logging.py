@@ -6,6 +6,8 @@ import asyncio
 import io
 import json
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -137,7 +139,7 @@ def test_a_closed_stream_never_raises_into_the_caller() -> None:
     before = LOG_FAILURES.count
     structlog.get_logger().info("after close", committed={("t", 0): 1})
     logging.getLogger("uvicorn.error").warning("stdlib after close")
-    assert LOG_FAILURES.count == before + 1
+    assert LOG_FAILURES.count == before + 2  # both sides write through one SafePrintLogger
     LOG_FAILURES.count = before
 
 
@@ -183,3 +185,38 @@ async def test_a_final_commit_failing_in_a_rebalance_still_closes_the_consumer(
     assert consumer.closed
     (line,) = [line for line in lines(json_logs) if line["event"] == "commit failed"]
     assert line["offsets"] == {"t[0]": 6} and "ILLEGAL_GENERATION" in line["error"]
+
+
+class SlowStream(io.StringIO):
+    """A stream that gives other threads the GIL inside every write, like a pipe that
+    blocks: two writers without one lock interleave their pieces of a line here."""
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        time.sleep(0)  # yields the GIL
+        return written
+
+
+def test_structlog_and_stdlib_writers_share_one_lock_so_no_json_line_is_torn() -> None:
+    """librdkafka's log callback logs through stdlib logging on its own thread while the
+    event loop logs through structlog: both must write whole lines to the one stream."""
+    out = SlowStream()
+    configure_logging("info", "json", stream=out)
+    native = logging.getLogger("headrace.kafka.librdkafka")
+    engine = structlog.get_logger("headrace.test")
+    start = threading.Barrier(2)
+
+    def stdlib_writer() -> None:
+        start.wait()
+        for n in range(300):
+            native.warning("librdkafka says %d", n)
+
+    thread = threading.Thread(target=stdlib_writer)
+    thread.start()
+    start.wait()
+    for n in range(300):
+        engine.info("engine says", n=n)
+    thread.join(10)
+    parsed = lines(out)  # raises on a torn line
+    assert len(parsed) == 600
+    assert sum(1 for line in parsed if line["event"] == "engine says") == 300
