@@ -526,6 +526,7 @@ class KafkaSource:
         route: _Route | None = None
         state: PartitionOffsets | None = None
         window: OffsetRange | None = None  # the open range of the current run
+        exactly_once = self.transactions is not None
         taken = 0  # offsets in it
         acks: tuple[Ack, ...] = ()
         try:
@@ -569,7 +570,11 @@ class KafkaSource:
                     continue
                 left -= 1
                 count += 1
-                if route.is_async:  # awaits below: a closed range of its own
+                if route.is_async or exactly_once:
+                    # A closed range of its own: an async route awaits below, and under
+                    # exactly-once a commit that leaves held inputs out stops each
+                    # partition right below its lowest held offset, which a range
+                    # spanning done and held messages would hold back to its first.
                     ack = state.begin(offset)
                     acks = (ack,)
                 else:
