@@ -32,6 +32,24 @@ def settle_plainly(delivered: Delivered, error: BaseException | None) -> None:
     delivered(error)
 
 
+class DeliveryCounts:
+    """``in_flight``, ``delivered`` and ``failed`` of a producer that keeps ``deliveries``."""
+
+    deliveries: Deliveries
+
+    @property
+    def in_flight(self) -> int:
+        return self.deliveries.in_flight
+
+    @property
+    def delivered(self) -> int:
+        return self.deliveries.delivered
+
+    @property
+    def failed(self) -> int:
+        return self.deliveries.failed
+
+
 class Deliveries:
     """Messages in flight of one producer, their reports, and the events to wait on."""
 

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from headrace.connectors.kafka.deliveries import Delivered, Deliveries
+from headrace.connectors.kafka.deliveries import Delivered, Deliveries, DeliveryCounts
 
 log = structlog.get_logger("headrace.kafka")
 
@@ -116,7 +116,7 @@ class ErrorLog:
         )
 
 
-class DeliveryProducer:
+class DeliveryProducer(DeliveryCounts):
     """Produces messages and calls ``on_delivered(error)`` on the loop for each of them."""
 
     def __init__(
@@ -141,18 +141,6 @@ class DeliveryProducer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-
-    @property
-    def in_flight(self) -> int:
-        return self.deliveries.in_flight
-
-    @property
-    def delivered(self) -> int:
-        return self.deliveries.delivered
-
-    @property
-    def failed(self) -> int:
-        return self.deliveries.failed
 
     @property
     def started(self) -> bool:

@@ -21,7 +21,7 @@ import structlog
 from confluent_kafka import KafkaException, Producer, TopicPartition
 
 from headrace.connectors.kafka.call_thread import CallThread
-from headrace.connectors.kafka.deliveries import Delivered, Deliveries
+from headrace.connectors.kafka.deliveries import Delivered, Deliveries, DeliveryCounts
 from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER, ErrorLog
 
 log = structlog.get_logger("headrace.kafka")
@@ -67,7 +67,7 @@ class TransactionalCallStuck(RuntimeError):
     (confluentinc/librdkafka#5456, #5511). The client is abandoned and a new one made."""
 
 
-class TransactionalProducer:
+class TransactionalProducer(DeliveryCounts):
     """Produces inside the open transaction; ``commit``/``abort`` end it and open the next."""
 
     def __init__(
@@ -117,18 +117,6 @@ class TransactionalProducer:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._open = asyncio.Event()
-
-    @property
-    def in_flight(self) -> int:
-        return self.deliveries.in_flight
-
-    @property
-    def delivered(self) -> int:
-        return self.deliveries.delivered
-
-    @property
-    def failed(self) -> int:
-        return self.deliveries.failed
 
     @property
     def started(self) -> bool:

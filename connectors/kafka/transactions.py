@@ -515,9 +515,13 @@ class TransactionCoordinator:
         self.stats["recoveries"] += 1
         self._opened_at = self.clock()
         self._mark_taken()
+        self._rewound(rewound, f"{reason}: fenced")
+
+    def _rewound(self, rewound: list[TP], reason: str) -> None:
+        """Log an abort's rewind and tell the abort listeners (keyed state reloads)."""
         log.warning(
             "transaction aborted; partitions rewound to their last commit",
-            reason=f"{reason}: fenced",
+            reason=reason,
             partitions=sorted(f"{t}[{p}]" for t, p in rewound),
         )
         for listener in self._abort_listeners:
@@ -613,16 +617,7 @@ class TransactionCoordinator:
         self.stats["aborted"] += 1
         self._opened_at = self.clock()
         self._mark_taken()
-        log.warning(
-            "transaction aborted; partitions rewound to their last commit",
-            reason=reason,
-            partitions=sorted(f"{t}[{p}]" for t, p in rewound),
-        )
-        for listener in self._abort_listeners:
-            try:
-                listener(rewound)
-            except Exception:
-                log.exception("abort listener failed")
+        self._rewound(rewound, reason)
         if not self.producer.is_open:  # a re-initialised producer has begun already
             await self.producer.begin()
 
