@@ -58,12 +58,14 @@ class AccumulatorRunner:
         return self.spec.name
 
     # -- turning events into values -------------------------------------------------
-    def transform(self, event: Any) -> Any:
-        """Validate and apply a sync accumulator function; errors name the accumulator."""
+    def transform(self, event: Any, shallow: bool = False) -> Any:
+        """Validate and apply a sync accumulator function; errors name the accumulator.
+        ``shallow``: ``event`` is known to be within the depth limit (``spec.validate``)."""
         self.events_in += 1
-        validated = self.spec.validate(event)
+        spec = self.spec
+        validated = event if shallow and spec.model is None else spec.validate(event, shallow)
         try:
-            return self.spec.fn(validated)
+            return spec.fn(validated)
         except Exception as error:
             self.errors += 1
             raise AccumulatorInputError(self.name, f"function raised {error!r}") from error
@@ -160,13 +162,15 @@ class AccumulatorRunner:
         acks: tuple[Ack, ...] = (),
         message_key: Any = None,
         partition: int | None = None,
+        shallow: bool = False,
     ) -> None:
         """Transform one event and deliver it now (sync functions only).
 
         A source passes the message's raw key as ``message_key`` (the Kafka source passes
-        ``msg.key()``) for ``key="@message"``.
+        ``msg.key()``) for ``key="@message"``, and ``shallow`` when the raw JSON shows the
+        event is within the depth limit.
         """
-        self.deliver_nowait(self.transform(event), acks, message_key, partition)
+        self.deliver_nowait(self.transform(event, shallow), acks, message_key, partition)
 
     async def offer(
         self,
@@ -333,9 +337,10 @@ class BatchRunner(AccumulatorRunner):
         acks: tuple[Ack, ...] = (),
         message_key: Any = None,
         partition: int | None = None,
+        shallow: bool = False,
     ) -> None:
-        """Buffer one event; ``message_key`` and ``partition`` are unused (a batch's value
-        comes from many messages)."""
+        """Buffer one event; ``message_key``, ``partition`` and ``shallow`` are unused (a
+        batch's value comes from many messages; batch events are not depth-checked)."""
         self._validated_add(event, acks)
         if len(self._events) >= self.capacity:
             task = asyncio.get_running_loop().create_task(self.flush())

@@ -68,12 +68,14 @@ class AccumulatorSpec:
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.fn)
 
-    def validate(self, event: Any) -> Any:
+    def validate(self, event: Any, shallow: bool = False) -> Any:
         """Check the depth limit, then validate ``event`` into the model when there is one;
-        errors name the accumulator."""
-        problem = depth_problem(event, self.max_depth)
-        if problem is not None:
-            raise AccumulatorInputError(self.name, problem)
+        errors name the accumulator. ``shallow``: the caller knows ``event`` is within
+        ``max_depth`` (a JSON document with at most that many ``{`` and ``[``)."""
+        if not shallow:
+            problem = depth_problem(event, self.max_depth)
+            if problem is not None:
+                raise AccumulatorInputError(self.name, problem)
         if self.model is None:
             return event
         try:

@@ -90,10 +90,23 @@ class GraphRunner:
         submit = getattr(sink, "submit", None) if self._defer else None
         if submit is None:
             return False
-        release = fire.hold()
+        return self._submit_to(fire, sink, submit, outputs)
+
+    def _submitters(self) -> list[tuple[Sink, Callable[..., bool] | None]]:
+        """Each sink with the ``submit`` that ``_submit`` would use (None: send instead)."""
+        return [
+            (sink, getattr(sink, "submit", None) if self._defer else None) for sink in self.sinks
+        ]
+
+    def _submit_to(
+        self, fire: Fire, sink: Sink, submit: Callable[..., bool], outputs: dict[str, Any]
+    ) -> bool:
+        """``_submit`` once ``submit`` is known (``run_many`` looks it up once per batch)."""
+        fire.holds += 1  # fire.hold(), inlined: once per result
+        release = fire.settle
         try:
             accepted = submit(
-                self.name, outputs, partial(self._durable, fire, sink, outputs, release)
+                self.graph.name, outputs, partial(self._durable, fire, sink, outputs, release)
             )
         except Exception as error:
             release()
@@ -123,8 +136,8 @@ class GraphRunner:
                 fire.settle()
             return
         run_sync = executor.run_sync
-        sinks = self.sinks
-        submit = self._submit
+        submitters = self._submitters()
+        submit_to = self._submit_to
         clock = time.perf_counter
         numbers: list[int] = []
         durations: list[float] = []
@@ -135,8 +148,8 @@ class GraphRunner:
                 try:
                     outputs = run_sync(fire.inputs, fire.key)
                     if outputs:
-                        for sink in sinks:
-                            if not submit(fire, sink, outputs):
+                        for sink, submit in submitters:
+                            if submit is None or not submit_to(fire, sink, submit, outputs):
                                 await self._send(sink, outputs)
                 except SinkFailed:
                     raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -58,6 +59,10 @@ class RuntimeObserver(Protocol):
 
     def on_delivered(self, accumulator: str, value: Any) -> None: ...
 
+    def wants_delivered(self, accumulator: str) -> bool:
+        """Whether ``on_delivered`` wants ``accumulator``'s values (absent: all of them)."""
+        ...
+
 
 class Observers:
     """Calls every observer that implements a hook, shielding the runtime from their errors."""
@@ -104,3 +109,16 @@ class Observers:
 
     def on_delivered(self, accumulator: str, value: Any) -> None:
         self._call("on_delivered", accumulator, value)
+
+    def delivered_hook(self, accumulator: str) -> Callable[[str, Any], None] | None:
+        """The ``on_delivered`` for ``accumulator``'s runner, or None when no observer
+        wants its values (an observer may say so with ``wants_delivered(name) -> bool``):
+        a stream accumulator's values then cost no call per message. The runtime asks
+        when it starts and when a runner is added, so attach observers before that."""
+        for observer in self.observers:
+            if getattr(observer, "on_delivered", None) is None:
+                continue
+            wants = getattr(observer, "wants_delivered", None)
+            if wants is None or wants(accumulator):
+                return self.on_delivered
+        return None

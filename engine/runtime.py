@@ -183,7 +183,7 @@ class Runtime:
                 self.reactors[reactor.name].fire_many = runners[0].run_many
         for name, spec in accumulator_specs.items():
             runner = make_runner(spec, channels[name], self.clock)
-            runner.on_delivered = self.observers.on_delivered
+            runner.on_delivered = self.observers.delivered_hook(name)
             if isinstance(runner, BatchRunner):
                 runner.on_batch_failure = self._dead_letter_batch
             self.accumulators[name] = runner
@@ -264,7 +264,8 @@ class Runtime:
             self._report_fatal_errors(sink, f"sink:{_name_of(sink)}")
             await sink.start()
         self._report_fatal_errors(self.dead_letters, f"dead-letters:{_name_of(self.dead_letters)}")
-        for runner in self.accumulators.values():
+        for name, runner in self.accumulators.items():
+            runner.on_delivered = self.observers.delivered_hook(name)  # observers attached
             await runner.start()
         for loop in self.reactors.values():
             loop.start()
@@ -366,7 +367,7 @@ class Runtime:
     # -- run-time changes (packages) -------------------------------------------------------
     def _new_runner(self, spec: AccumulatorSpec) -> AccumulatorRunner:
         runner = make_runner(spec, [], self.clock)
-        runner.on_delivered = self.observers.on_delivered
+        runner.on_delivered = self.observers.delivered_hook(spec.name)
         if isinstance(runner, BatchRunner):
             runner.on_batch_failure = self._dead_letter_batch
         return runner

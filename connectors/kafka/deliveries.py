@@ -1,11 +1,13 @@
 """Delivery bookkeeping shared by the producers whose reports come back on the event loop.
 
-A producer's poll thread collects delivery reports (``on_delivery``) and hands them to the
-loop in batches (``hand_over``: one ``call_soon_threadsafe`` per poll, not per message);
-on the loop ``dispatch`` counts them and calls each message's ``Delivered`` through
-``settle`` (a transactional producer reports a failed message as done and dooms its
-transaction instead). ``space`` and ``idle`` let writers wait for room and ``drain`` for
-everything in flight.
+The sink producer is polled by the loop itself: its reports are settled inside that poll
+(``polling_on_loop``). A producer polled by a thread of its own (the transactional one)
+collects the reports (``on_delivery``) and hands them to the loop in batches
+(``hand_over``: one ``call_soon_threadsafe`` per poll, not per message). Either way each
+report is counted and given to its message's ``Delivered`` through ``settle`` (a
+transactional producer reports a failed message as done and dooms its transaction
+instead). ``space`` and ``idle`` let writers wait for room and ``drain`` for everything in
+flight.
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ class Deliveries:
         self.failed = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self._reports: list[Report] = []
+        self.polling_on_loop = False
+        """True while the loop itself polls the client (``DeliveryProducer``): the
+        reports are settled as they come, with no list and no lock."""
         self._lock = threading.Lock()
         self.space = asyncio.Event()
         self.idle = asyncio.Event()
@@ -88,21 +93,30 @@ class Deliveries:
 
     def callback(self, delivered: Delivered) -> Callable[[Any, Any], None]:
         """The ``on_delivery`` of a message whose report goes to ``delivered``."""
-        return partial(self._on_delivery, delivered)
+        return partial(self.on_delivery, delivered)
 
     def sent(self) -> None:
-        """A message was handed to the client."""
+        """A message was handed to the client (``idle`` is cleared on the first only)."""
+        if self.in_flight == 0:
+            self.idle.clear()
         self.in_flight += 1
-        self.idle.clear()
 
     def refused(self) -> None:
         """The client's queue was full: wait for ``space``."""
         self.space.clear()
 
     # -- the poll thread ---------------------------------------------------------------
-    def _on_delivery(self, delivered: Delivered, error: Any, _msg: Any) -> None:
+    def on_delivery(self, delivered: Delivered, error: Any, _msg: Any) -> None:
+        """``on_delivery`` (bound to ``delivered``): inside the loop's own poll
+        (``polling_on_loop``) the report is settled at once; otherwise it is kept for
+        ``hand_over`` or ``take_reports``."""
+        failure = None if error is None else KafkaException(error)
+        if self.polling_on_loop:
+            self.in_flight -= 1
+            self._settle(delivered, failure)
+            return
         with self._lock:
-            self._reports.append((delivered, None if error is None else KafkaException(error)))
+            self._reports.append((delivered, failure))
 
     def hand_over(self) -> None:
         """Poll thread (after each poll): pass the collected reports to the loop."""
@@ -119,17 +133,28 @@ class Deliveries:
         return reports
 
     # -- on the loop -------------------------------------------------------------------
+    def _settle(self, delivered: Delivered, error: BaseException | None) -> None:
+        """Count one report and hand it to its ``Delivered`` (through ``settle``)."""
+        if error is None:
+            self.delivered += 1
+        else:
+            self.failed += 1
+        try:
+            if self.settle is settle_plainly:
+                delivered(error)
+            else:
+                self.settle(delivered, error)
+        except Exception:
+            log.exception("delivery callback failed", producer=self.name)
+
     def dispatch(self, reports: list[Report]) -> None:
         self.in_flight -= len(reports)
         for delivered, error in reports:
-            if error is None:
-                self.delivered += 1
-            else:
-                self.failed += 1
-            try:
-                self.settle(delivered, error)
-            except Exception:
-                log.exception("delivery callback failed", producer=self.name)
+            self._settle(delivered, error)
+        self.settled()
+
+    def settled(self) -> None:
+        """After reports were settled: wake writers waiting for room or for idleness."""
         if self.in_flight < self.max_in_flight:
             self.space.set()
         if self.in_flight == 0:

@@ -1,9 +1,10 @@
 """A confluent-kafka producer whose delivery reports come back on the asyncio loop.
 
-One thread polls the producer; the delivery callbacks it serves are collected and handed
-to the event loop in batches (one ``call_soon_threadsafe`` per poll, not per message), so
-many messages can be in flight at once at little cost per message (``Deliveries``, shared
-with the transactional producer).
+The loop itself polls the producer (``poll(0)`` every ``POLL_BUSY`` seconds while
+messages are in flight, every ``POLL_IDLE`` otherwise), so each delivery callback runs
+where the GIL already is. A poll thread had to take the GIL from the busy loop once per
+message, which cost more than the callbacks themselves (tests/bench/PROFILE.md). The
+reports are counted and settled by ``Deliveries``, shared with the transactional producer.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import structlog
@@ -22,6 +23,11 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from headrace.connectors.kafka.deliveries import Delivered, Deliveries, DeliveryCounts
 
 log = structlog.get_logger("headrace.kafka")
+
+POLL_BUSY = 0.003
+"""Seconds between the loop's polls while messages are in flight (delivery reports)."""
+POLL_IDLE = 0.1
+"""Seconds between polls while none are (client errors still reach ``error_cb``)."""
 
 LIBRDKAFKA_LOGGER = logging.getLogger("headrace.kafka.librdkafka")
 """librdkafka's own log lines, through the standard library (and so structlog)."""
@@ -139,8 +145,8 @@ class DeliveryProducer(DeliveryCounts):
         self.deliveries = Deliveries(name, max_in_flight)
         self._producer: Producer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._busy = False  # the next poll is POLL_BUSY away, not POLL_IDLE
 
     @property
     def started(self) -> bool:
@@ -155,34 +161,53 @@ class DeliveryProducer(DeliveryCounts):
         self.errors.on_fatal = handler
 
     def poll_thread_alive(self) -> bool:
-        """False once started and the thread serving delivery reports is gone."""
-        return self._producer is None or (self._thread is not None and self._thread.is_alive())
+        """False once started and nothing polls for delivery reports any more (the loop's
+        poll reschedules itself whatever a poll raised, so only a stopped loop ends it)."""
+        return self._producer is None or self._timer is not None
 
     def start(self) -> None:
-        """Create the producer and its poll thread; call from the event loop."""
+        """Create the producer and start polling it on the loop; call from the event loop."""
         if self._producer is not None:
             return
         self._loop = asyncio.get_running_loop()
         self._producer = Producer(self.config)
-        self._stopping.clear()
         self.deliveries.open(self._loop)
-        self._thread = threading.Thread(
-            target=self._poll_forever, name=f"headrace-{self.name}-poll", daemon=True
-        )
-        self._thread.start()
+        self._busy = False
+        self._timer = self._loop.call_soon(self._poll)
 
-    # -- the poll thread ---------------------------------------------------------------
-    def _serve(self, timeout: float) -> None:
-        assert self._producer is not None
-        self._producer.poll(timeout)
-        self.deliveries.hand_over()
-
-    def _poll_forever(self) -> None:
-        while not self._stopping.is_set():
+    # -- polling, on the loop ------------------------------------------------------------
+    def _poll(self) -> None:
+        """Serve delivery reports and client errors, settle the reports, poll again later."""
+        producer, loop = self._producer, self._loop
+        if producer is None or loop is None:
+            self._timer = None
+            return
+        deliveries = self.deliveries
+        try:
+            deliveries.polling_on_loop = True
             try:
-                self._serve(0.05)
-            except Exception:  # never let the delivery thread die
-                log.exception("kafka producer poll failed", producer=self.name)
+                producer.poll(0)
+            finally:
+                deliveries.polling_on_loop = False
+            deliveries.settled()
+            reports = deliveries.take_reports()  # any a flush on another thread kept
+            if reports:
+                deliveries.dispatch(reports)
+        except Exception:  # never stop polling
+            log.exception("kafka producer poll failed", producer=self.name)
+        finally:
+            self._busy = self.deliveries.in_flight > 0
+            self._timer = loop.call_later(POLL_BUSY if self._busy else POLL_IDLE, self._poll)
+
+    def _poll_soon(self) -> None:
+        """The first message in flight: poll at the busy pace from now on, not in
+        ``POLL_IDLE`` (``produce`` and dead letters wait for their report)."""
+        if self._busy or self._loop is None or self._producer is None:
+            return
+        self._busy = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(POLL_BUSY, self._poll)
 
     # -- on the loop -------------------------------------------------------------------
     def produce_nowait(
@@ -198,22 +223,25 @@ class DeliveryProducer(DeliveryCounts):
 
         ``partition`` -1 lets the partitioner choose (by key)."""
         deliveries = self.deliveries
-        if deliveries.full():
+        if deliveries.in_flight >= deliveries.max_in_flight and deliveries.full():
             return False
-        assert self._producer is not None, f"{self.name} is not started"
+        producer = self._producer
+        assert producer is not None, f"{self.name} is not started"
         try:
-            self._producer.produce(
+            producer.produce(
                 topic,
                 value,
                 key,
                 partition=partition,
                 headers=headers,
-                on_delivery=deliveries.callback(delivered),
+                on_delivery=partial(deliveries.on_delivery, delivered),
             )
         except BufferError:
             deliveries.refused()
             return False
         deliveries.sent()
+        if not self._busy:
+            self._poll_soon()
         return True
 
     async def produce(
@@ -246,14 +274,13 @@ class DeliveryProducer(DeliveryCounts):
         return await self.deliveries.drain(timeout)
 
     async def close(self, timeout: float = 30.0) -> None:
-        """Flush what is in flight, stop the poll thread, and drop the producer."""
+        """Wait for what is in flight (then flush the rest), stop polling, drop the producer."""
         if self._producer is None:
             return
         drained = await self.drain(timeout)
-        self._stopping.set()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not drained:
             remaining = await asyncio.to_thread(self._producer.flush, 1.0)
             self.deliveries.dispatch(self.deliveries.take_reports())

@@ -93,6 +93,7 @@ class _Route:
         "dead_letters",
         "is_async",
         "max_batch_events",
+        "max_depth",
         "runners",
         "topic",
         "wants_key",
@@ -114,6 +115,9 @@ class _Route:
         )
         self.wants_key = any(r.spec.key == MESSAGE_KEY for r in runners)
         """A runner keys by the message key: read ``msg.key()`` (else never)."""
+        self.max_depth = min((r.spec.max_depth for r in runners), default=0)
+        """The lowest depth limit of the runners (a message with no more brackets than
+        this is within every runner's limit)."""
         self.capacity = min(
             min((c.maxsize for c in r.channels), default=1 << 30)
             if not isinstance(r, BatchRunner)
@@ -600,6 +604,9 @@ class KafkaSource:
                     except orjson.JSONDecodeError as error:
                         self._dead_letter(route, msg, f"not JSON: {error}", ack)
                         continue
+                    # Every level of nesting opens with { or [: this few is never too deep
+                    # (brackets inside strings only overcount), so no walk over the event.
+                    shallow = value.count(b"{") + value.count(b"[") <= route.max_depth
                     key = msg.key() if route.wants_key else None
                     runners = route.runners
                     if len(runners) == 1:
@@ -608,13 +615,13 @@ class KafkaSource:
                             if route.is_async:
                                 await runner.offer(event, acks, key, partition)
                             else:
-                                runner.offer_nowait(event, acks, key, partition)
+                                runner.offer_nowait(event, acks, key, partition, shallow)
                         except AccumulatorInputError as error:
                             self._dead_letter(
                                 route, msg, error.reason, ack, accumulator=runner.name
                             )
                     else:
-                        await self._offer_many(route, msg, event, ack, key, partition)
+                        await self._offer_many(route, msg, event, ack, key, partition, shallow)
                 except Exception as error:  # never drop a taken message silently
                     log.exception("unexpected error handling a message", topic=topic, offset=offset)
                     self._dead_letter(route, msg, f"unexpected error: {error!r}", ack)
@@ -631,6 +638,7 @@ class KafkaSource:
         ack: Callable[[], None],
         key: Any,
         partition: int,
+        shallow: bool,
     ) -> None:
         shared = SharedAck((ack,), len(route.runners))
         for runner in route.runners:
@@ -638,7 +646,7 @@ class KafkaSource:
                 if runner.spec.kind is AccumulatorKind.STREAM and runner.spec.is_async:
                     await runner.offer(event, (shared,), key, partition)
                 else:
-                    runner.offer_nowait(event, (shared,), key, partition)
+                    runner.offer_nowait(event, (shared,), key, partition, shallow)
             except AccumulatorInputError as error:
                 self._dead_letter(route, msg, error.reason, shared, accumulator=runner.name)
 

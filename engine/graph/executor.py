@@ -51,6 +51,28 @@ class GraphExecutor:
             )
             for name in topology.order
         ]
+        self._lone = self._lone_node()
+
+    def _lone_node(self) -> tuple[str, Any, str, bool] | None:
+        """``(name, fn, input, positional)`` when the graph is one entry node of one input
+        (no key, no edges): ``run_sync`` then calls it directly. ``positional``: its input
+        is its first parameter and may be passed by position (no keyword dict per call)."""
+        if len(self._plan) != 1:
+            return None
+        name, fn, shape, entry_inputs, _parents, takes_key = self._plan[0]
+        if entry_inputs is None or len(entry_inputs) != 1 or takes_key:
+            return None
+        if shape.routes or shape.next:
+            return None
+        only = entry_inputs[0]
+        parameters = list(inspect.signature(fn).parameters.values())
+        positional = (
+            bool(parameters)
+            and parameters[0].name == only
+            and parameters[0].kind
+            in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        )
+        return name, fn, only, positional
 
     def _find_key_nodes(self) -> frozenset[str]:
         found = set()
@@ -152,6 +174,14 @@ class GraphExecutor:
 
         ``key`` (a keyed reactor's fire) goes to entry nodes with a ``key`` parameter.
         """
+        lone = self._lone
+        if lone is not None:  # one node: no plan loop, no edges
+            name, fn, only, positional = lone
+            try:
+                output = fn(inputs.get(only)) if positional else fn(**{only: inputs.get(only)})
+            except Exception as error:
+                raise NodeExecutionError(self.graph, name, f"raised {error!r}") from error
+            return {name: output}
         edges: dict[str, dict[str, Any]] = {}
         results: dict[str, Any] = {}
         for name, fn, shape, entry_inputs, parents, takes_key in self._plan:

@@ -14,7 +14,10 @@ label), ``commits`` (int, successful commits); per partition: ``lag`` as
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
+from collections import Counter as Tally
 from collections.abc import Iterator, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -58,6 +61,28 @@ LATENCY_BUCKETS = (
     30.0,
     60.0,
 )
+
+
+def observe_many(histogram: Any, amounts: list[float]) -> None:
+    """``histogram.observe(a)`` for each of ``amounts``, with one increment per bucket hit.
+
+    prometheus_client observes one value at a time (a lock and a bucket scan each, ~0.6 µs,
+    once per message in a batch); this finds each bucket with ``bisect`` and increments it
+    once per batch. It uses the child's ``_upper_bounds``/``_buckets``/``_sum`` (stable
+    since prometheus_client 0.4; tests/property/test_metrics_histogram.py compares it with
+    ``observe``) and falls back to ``observe`` where they are missing."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    hits = Tally(map(partial(bisect_left, bounds), amounts))  # no Python frame per amount
+    for index, count in hits.items():
+        if index < len(buckets):  # NaN lands past +Inf, as observe() counts it nowhere
+            buckets[index].inc(count)
+    total.inc(sum(amounts))
 
 
 class Metrics:
@@ -132,9 +157,7 @@ class Metrics:
         if timed is None:
             timed = self._timed[graph] = self.latency.labels(graph)
         counted.inc(len(batch.durations))
-        observe = timed.observe
-        for duration in batch.durations:
-            observe(duration)
+        observe_many(timed, batch.durations)
 
     def on_dead_letter(self, letter: DeadLetter) -> None:
         source = letter.accumulator or letter.graph or letter.topic or ""

@@ -398,6 +398,14 @@ class StateStore:
                     self.dropped_executions += 1
                 self._executions.append(record)
 
+    def wants_delivered(self, accumulator: str) -> bool:
+        """Only the kinds Kafka cannot replay (``STORED_KINDS``) are kept; an accumulator
+        the runtime does not know yet (a package's, being added) may be one."""
+        known = self._stored_names is not None or (
+            self._runtime is not None and accumulator in self._runtime.accumulators
+        )
+        return self._keeps(accumulator) if known else True
+
     def on_delivered(self, accumulator: str, value: Any) -> None:
         if self._restoring or not self._keeps(accumulator):
             return

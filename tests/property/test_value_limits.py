@@ -56,3 +56,17 @@ def test_both_encoders_write_values_at_the_encoder_depth(value: Any) -> None:
     orjson.dumps(value)  # the Kafka sink's
     with pytest.raises(TypeError, match="Recursion limit"):
         orjson.dumps([value])
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values, st.integers(min_value=0, max_value=70), st.integers(min_value=0, max_value=80))
+def test_few_enough_brackets_in_the_json_is_never_too_deep(
+    value: Any, wrap: int, limit: int
+) -> None:
+    """The Kafka source skips the depth walk when ``{`` plus ``[`` in the raw message are at
+    most the limit: then the parsed value is never deeper than the limit."""
+    for _ in range(wrap):
+        value = [value]
+    raw = orjson.dumps(value)
+    if raw.count(b"{") + raw.count(b"[") <= limit:
+        assert nesting_depth(orjson.loads(raw), limit) <= limit

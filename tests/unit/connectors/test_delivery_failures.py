@@ -283,6 +283,13 @@ def test_the_kafka_sink_serializes_ints_beyond_64_bits() -> None:
     }
 
 
+def test_the_kafka_sink_writes_non_string_keys_and_refuses_what_json_cannot_hold() -> None:
+    assert json_serializer({"s": {2: [1]}, 1: "a"}) == b'{"s":{"2":[1]},"1":"a"}'
+    assert json_serializer({"tags": {"x"}}) == b'{"tags":["x"]}'
+    with pytest.raises(TypeError, match="not JSON serializable: object"):
+        json_serializer({"o": object()})
+
+
 async def test_an_execution_letter_too_large_at_produce_is_sent_cut_down():
     def too_large(topic: str, value: bytes | None) -> BaseException | None:
         return kafka(KafkaError.MSG_SIZE_TOO_LARGE) if len(value or b"") > 5_000 else None

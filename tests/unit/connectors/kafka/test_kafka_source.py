@@ -367,3 +367,24 @@ def test_the_worker_config_exposes_the_same_bounds_as_the_source() -> None:
 def test_a_bound_below_one_is_refused_with_its_name(name: str) -> None:
     with pytest.raises(ValueError, match=name):
         KafkaSource("fake:9092", "g1", **{name: 0})
+
+
+async def test_the_depth_limit_holds_with_and_without_the_bracket_shortcut(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Depth 64 passes, 65 is dead-lettered naming the accumulator and the limit; brackets
+    inside strings (more than 64, so the walk runs) do not make a flat event too deep."""
+    declare()
+    letters, sink = SlowDeadLetters(), MemorySink()
+    letters.open.set()
+    deep_ok = json.dumps(json.loads("[" * 63 + "{}" + "]" * 63)).encode()
+    too_deep = json.dumps(json.loads("[" * 64 + "{}" + "]" * 64)).encode()
+    flat = json.dumps({"text": "[{" * 100}).encode()
+    async with running_with(monkeypatch, letters, sink) as (_, source, consumer):
+        await on_thread(source, consumer.rebalance, "on_assign", [T0])
+        consumer.add(T0, [deep_ok, too_deep, flat])
+        await wait_until(lambda: consumer.committed.get(T0) == 3, 10)
+    assert [letter.offset for letter in letters.letters] == [1]
+    assert "nested more than 64 levels" in letters.letters[0].reason
+    assert letters.letters[0].accumulator == "s"
+    assert [out["run"] for out in sink.outputs("g")] == [json.loads(deep_ok), json.loads(flat)]

@@ -432,3 +432,36 @@ async def test_a_failed_branch_cancels_the_branches_still_running():
         await asyncio.wait_for(builder.execute_async({"a": 1}), timeout=5)
     assert info.value.node == "fails"
     assert cancelled.is_set()
+
+
+@pytest.mark.parametrize("style", ["positional", "keyword-only", "other-first"])
+def test_a_one_node_graph_runs_directly_and_names_its_node_on_failure(style: str) -> None:
+    """The lone-node shortcut calls the node as the plan loop would (by position only
+    when its input is its first positional parameter) and fails the same way."""
+    with ComputationGraphBuilder("lone", reactor="rx", graph={"only": {"inputs": ["a"]}}) as b:
+        if style == "positional":
+
+            @node
+            def only(a):
+                return 10 // a
+
+        elif style == "keyword-only":
+
+            @node
+            def only(*, a):
+                return 10 // a
+
+        else:
+
+            @node
+            def only(scale=2, a=None):
+                return scale * 10 // a
+
+    executor = b.build().executor
+    assert executor._lone is not None
+    expected = 10 if style != "other-first" else 20
+    assert executor.run_sync({"a": 1}) == {"only": expected}
+    with pytest.raises(NodeExecutionError, match=r"only.*TypeError"):
+        executor.run_sync({})  # a missing input arrives as None, as in the plan loop
+    with pytest.raises(NodeExecutionError, match=r"only.*ZeroDivisionError"):
+        executor.run_sync({"a": 0})

@@ -334,6 +334,10 @@ async def test_only_polling_and_passthrough_values_are_kept(store: StateStore) -
     store.attach(runtime)  # attaching twice registers once
     assert runtime.observers.observers == [store]
     async with runtime:
+        # the stream accumulator's runner gets no per-message hook; the others keep theirs
+        hooks = {name: runner.on_delivered for name, runner in runtime.accumulators.items()}
+        assert hooks["book"] is None
+        assert hooks["ref"] is not None and hooks["poll"] is not None
         await runtime.push("ref", {"v": 1})
         await runtime.push("ref", {"v": 2})
         await runtime.push("book", {"bid": 1})
