@@ -102,8 +102,7 @@ class GraphRunner:
         self, fire: Fire, sink: Sink, submit: Callable[..., bool], outputs: dict[str, Any]
     ) -> bool:
         """``_submit`` once ``submit`` is known (``run_many`` looks it up once per batch)."""
-        fire.holds += 1  # fire.hold(), inlined: once per result
-        release = fire.settle
+        release = fire.hold()
         try:
             accepted = submit(
                 self.graph.name, outputs, partial(self._durable, fire, sink, outputs, release)

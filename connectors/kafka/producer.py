@@ -14,7 +14,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import structlog
@@ -223,7 +222,7 @@ class DeliveryProducer(DeliveryCounts):
 
         ``partition`` -1 lets the partitioner choose (by key)."""
         deliveries = self.deliveries
-        if deliveries.in_flight >= deliveries.max_in_flight and deliveries.full():
+        if deliveries.full():
             return False
         producer = self._producer
         assert producer is not None, f"{self.name} is not started"
@@ -234,7 +233,7 @@ class DeliveryProducer(DeliveryCounts):
                 key,
                 partition=partition,
                 headers=headers,
-                on_delivery=partial(deliveries.on_delivery, delivered),
+                on_delivery=deliveries.callback(delivered),
             )
         except BufferError:
             deliveries.refused()

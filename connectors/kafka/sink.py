@@ -137,17 +137,10 @@ class KafkaSink:
         return self.serializer(outputs), key, headers
 
     def submit(self, graph: str, outputs: dict[str, Any], delivered: Delivered) -> bool:
-        """Produce now; ``delivered(error)`` follows on the loop. False: too busy, ``send``.
-        (``_check_open`` and ``_encode``, inlined: this runs once per result.)"""
-        if self._closed:
-            self._check_open()
-        headers = self._headers.get(graph)
-        if headers is None:
-            headers = self._headers[graph] = [("graph", graph.encode())]
-        key = self.key(graph, outputs) if self.key is not None else current_fire_key()
-        return self.producer.produce_nowait(
-            self.topic, self.serializer(outputs), key, headers, delivered
-        )
+        """Produce now; ``delivered(error)`` follows on the loop. False: too busy, ``send``."""
+        self._check_open()
+        value, key, headers = self._encode(graph, outputs)
+        return self.producer.produce_nowait(self.topic, value, key, headers, delivered)
 
     async def send(self, graph: str, outputs: dict[str, Any]) -> None:
         self._check_open()
