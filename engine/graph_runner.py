@@ -109,9 +109,7 @@ class GraphRunner:
             )
         except Exception as error:
             release()
-            if _kind(sink, error) == "fatal":
-                self._sink_fatal(sink, error)
-                raise SinkFailed(f"sink {_sink_name(sink)} failed for good: {error}") from error
+            self._fail_if_fatal(sink, error)
             raise
         except BaseException:
             release()
@@ -126,8 +124,10 @@ class GraphRunner:
 
         A sync graph runs in one loop, without a coroutine, clock pair or
         ``ExecutionRecord`` per fire: its successes reach the observers as one
-        ``ExecutionBatch``. A fire whose first attempt fails continues in ``run`` (retries,
-        dead letters, ``on_error``), as does every fire of an async graph."""
+        ``ExecutionBatch``. A sink that groups results (``open_group``) takes the batch's
+        results as one group, durable together: one delivery report call per result and
+        one settling pass per batch. A fire whose first attempt fails continues in ``run``
+        (retries, dead letters, ``on_error``), as does every fire of an async graph."""
         executor = self.graph.executor
         if executor.is_async:
             for fire in fires:
@@ -135,7 +135,7 @@ class GraphRunner:
                 fire.settle()
             return
         run_sync = executor.run_sync
-        submitters = self._submitters()
+        plan = self._plan()
         submit_to = self._submit_to
         clock = time.perf_counter
         numbers: list[int] = []
@@ -147,9 +147,19 @@ class GraphRunner:
                 try:
                     outputs = run_sync(fire.inputs, fire.key)
                     if outputs:
-                        for sink, submit in submitters:
-                            if submit is None or not submit_to(fire, sink, submit, outputs):
-                                await self._send(sink, outputs)
+                        for sink, submit, group in plan:
+                            if group is not None:
+                                try:
+                                    accepted = group.submit(outputs, (fire, outputs))
+                                except Exception as error:
+                                    self._fail_if_fatal(sink, error)
+                                    raise
+                                if accepted:
+                                    fire.holds += 1  # fire.hold(): released in _group_done
+                                    continue
+                            elif submit is not None and submit_to(fire, sink, submit, outputs):
+                                continue
+                            await self._send(sink, outputs)
                 except SinkFailed:
                     raise
                 except Exception as error:
@@ -160,6 +170,9 @@ class GraphRunner:
                 durations.append(clock() - begun)
                 fire.settle()
         finally:
+            for _, _, group in plan:
+                if group is not None:
+                    group.seal()
             if numbers:
                 self.executions += len(numbers)
                 self.last_duration = durations[-1]
@@ -169,6 +182,40 @@ class GraphRunner:
                             self.name, self.graph.reactor_name, numbers, started, durations
                         )
                     )
+
+    def _plan(self) -> list[tuple[Sink, Callable[..., bool] | None, Any]]:
+        """Per sink, for one batch: its ``submit`` (None: ``send``) and its open group
+        (None: the sink does not group, or results are not deferred)."""
+        plan: list[tuple[Sink, Callable[..., bool] | None, Any]] = []
+        for sink, submit in self._submitters():
+            open_group = getattr(sink, "open_group", None) if submit is not None else None
+            group = (
+                open_group(self.graph.name, partial(self._group_done, sink))
+                if open_group is not None
+                else None
+            )
+            plan.append((sink, submit, group))
+        return plan
+
+    def _group_done(
+        self,
+        sink: Sink,
+        delivered: list[tuple[Fire, dict[str, Any]]],
+        failed: list[tuple[tuple[Fire, dict[str, Any]], BaseException]],
+    ) -> None:
+        """A batch's group is durable: release its fires; a failed result is sent again
+        (or dead-lettered) before its fire is released, as ``_durable`` does for one."""
+        for fire, _ in delivered:
+            fire.settle()
+        for (fire, outputs), error in failed:
+            self._durable(fire, sink, outputs, fire.settle, error)
+
+    def _fail_if_fatal(self, sink: Sink, error: Exception) -> None:
+        """A sink's ``submit`` raised ``error``: when it is fatal, fail the sink's component
+        and raise ``SinkFailed`` (the caller re-raises any other error)."""
+        if _kind(sink, error) == "fatal":
+            self._sink_fatal(sink, error)
+            raise SinkFailed(f"sink {_sink_name(sink)} failed for good: {error}") from error
 
     async def _send(self, sink: Sink, outputs: dict[str, Any]) -> None:
         """Deliver now; a retriable failure is retried here until it works (backpressure)."""

@@ -170,3 +170,111 @@ class Deliveries:
         except TimeoutError:
             return False
         return True
+
+
+GroupDone = Callable[[list[Any], list[tuple[Any, BaseException]]], None]
+"""Told once a sealed group's reports are all in: the tokens of the delivered messages, and
+each failed message's token with its error (in the order the messages were produced)."""
+
+
+class ReportGroup:
+    """Messages produced as one group (a reactor's batch): one ``on_delivery`` for all.
+
+    Each message carries a token (what the producer of the group needs back, e.g. its
+    fire); ``report`` is handed to confluent-kafka as the ``on_delivery`` of every message,
+    so a report costs one call and no ``partial``. Once ``seal``-ed and every report is in,
+    the producer's counts move by the whole group and ``on_done`` hears which tokens were
+    delivered and which failed. A failed report is matched back to its token by the
+    message's value and key (identical messages are interchangeable).
+    """
+
+    __slots__ = (
+        "_deliveries",
+        "_failures",
+        "_on_done",
+        "_reported",
+        "_sealed",
+        "keys",
+        "tokens",
+        "values",
+    )
+
+    def __init__(self, deliveries: Deliveries, on_done: GroupDone) -> None:
+        self._deliveries = deliveries
+        self._on_done = on_done
+        self.values: list[bytes | None] = []
+        self.keys: list[Any] = []
+        self.tokens: list[Any] = []
+        self._failures: list[tuple[Any, Any]] = []  # (KafkaError, message)
+        self._reported = 0
+        self._sealed = False
+
+    def report(self, error: Any, msg: Any) -> None:
+        """``on_delivery`` of every message of the group (a flush on another thread hands
+        its reports to the loop)."""
+        deliveries = self._deliveries
+        if not deliveries.polling_on_loop:
+            if deliveries.loop is not None:
+                with contextlib.suppress(RuntimeError):  # loop closed: nobody waits any more
+                    deliveries.loop.call_soon_threadsafe(self._count, error, msg)
+            return
+        self._reported += 1
+        if error is not None:
+            self._failures.append((error, msg))
+        if self._sealed and self._reported == len(self.values):
+            self._finish()
+
+    def _count(self, error: Any, msg: Any) -> None:
+        self._reported += 1
+        if error is not None:
+            self._failures.append((error, msg))
+        if self._sealed and self._reported == len(self.values):
+            self._finish()
+            self._deliveries.settled()
+
+    def seal(self) -> None:
+        """No more messages join: ``on_done`` follows once every report is in."""
+        self._sealed = True
+        if self._reported == len(self.values):
+            self._finish()
+            self._deliveries.settled()
+
+    def _finish(self) -> None:
+        count, failed = len(self.values), len(self._failures)
+        deliveries = self._deliveries
+        deliveries.in_flight -= count
+        deliveries.delivered += count - failed
+        deliveries.failed += failed
+        tokens = self.tokens
+        failures: list[tuple[Any, BaseException]] = []
+        if failed:
+            taken: set[int] = set()
+            for error, msg in self._failures:
+                index = self._index_of(msg, taken)
+                taken.add(index)
+                failures.append((tokens[index], KafkaException(error)))
+            tokens = [token for index, token in enumerate(tokens) if index not in taken]
+        try:
+            self._on_done(tokens, failures)
+        except Exception:
+            log.exception("delivery callback failed", producer=deliveries.name)
+
+    def _index_of(self, msg: Any, taken: set[int]) -> int:
+        """The first message not matched yet with this value and key (else the first
+        unmatched one: a report always belongs to one of the group's messages)."""
+        value, key = msg.value(), msg.key()
+        spare = -1
+        for index, candidate in enumerate(self.values):
+            if index in taken:
+                continue
+            if candidate == value and _same_key(self.keys[index], key):
+                return index
+            if spare < 0:
+                spare = index
+        return spare
+
+
+def _same_key(produced: Any, reported: bytes | None) -> bool:
+    if isinstance(produced, str):
+        produced = produced.encode()
+    return produced == reported

@@ -19,7 +19,13 @@ from typing import Any
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from headrace.connectors.kafka.deliveries import Delivered, Deliveries, DeliveryCounts
+from headrace.connectors.kafka.deliveries import (
+    Delivered,
+    Deliveries,
+    DeliveryCounts,
+    GroupDone,
+    ReportGroup,
+)
 
 log = structlog.get_logger("headrace.kafka")
 
@@ -238,6 +244,40 @@ class DeliveryProducer(DeliveryCounts):
         except BufferError:
             deliveries.refused()
             return False
+        deliveries.sent()
+        if not self._busy:
+            self._poll_soon()
+        return True
+
+    def group(self, on_done: GroupDone) -> ReportGroup:
+        """A group of messages reported together (``produce_grouped``, then ``seal``)."""
+        return ReportGroup(self.deliveries, on_done)
+
+    def produce_grouped(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | str | None,
+        headers: list[tuple[str, bytes]] | None,
+        group: ReportGroup,
+        token: Any,
+    ) -> bool:
+        """``produce_nowait`` for a message of ``group``: its report goes to the group,
+        and ``token`` comes back in the group's ``on_done``. False: too busy, try later."""
+        deliveries = self.deliveries
+        if deliveries.full():
+            return False
+        producer = self._producer
+        assert producer is not None, f"{self.name} is not started"
+        # positional: topic, value, key, partition, callback, on_delivery, timestamp, headers
+        try:
+            producer.produce(topic, value, key, -1, group.report, None, 0, headers)
+        except BufferError:
+            deliveries.refused()
+            return False
+        group.values.append(value)
+        group.keys.append(key)
+        group.tokens.append(token)
         deliveries.sent()
         if not self._busy:
             self._poll_soon()

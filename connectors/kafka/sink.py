@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from headrace.connectors.kafka.deliveries import GroupDone, ReportGroup
 from headrace.connectors.kafka.producer import (
     Delivered,
     DeliveryProducer,
@@ -142,6 +143,14 @@ class KafkaSink:
         value, key, headers = self._encode(graph, outputs)
         return self.producer.produce_nowait(self.topic, value, key, headers, delivered)
 
+    def open_group(self, graph: str, on_done: GroupDone) -> SinkGroup | None:
+        """Results of one batch of ``graph`` whose reports come back together: ``on_done``
+        hears the delivered tokens and the failed ones once the group is sealed and every
+        report is in. None when this sink's producer is not its own (exactly-once)."""
+        if not isinstance(self.producer, DeliveryProducer) or not self.producer.started:
+            return None
+        return SinkGroup(self, graph, self.producer.group(on_done))
+
     async def send(self, graph: str, outputs: dict[str, Any]) -> None:
         self._check_open()
         if not self.producer.started:
@@ -157,3 +166,25 @@ class KafkaSink:
 
     def health(self) -> dict[str, Any]:
         return {"topic": self.topic, **self.producer.health()}
+
+
+class SinkGroup:
+    """One batch's results for a ``KafkaSink`` (``KafkaSink.open_group``)."""
+
+    __slots__ = ("_graph", "_group", "_sink")
+
+    def __init__(self, sink: KafkaSink, graph: str, group: ReportGroup) -> None:
+        self._sink = sink
+        self._graph = graph
+        self._group = group
+
+    def submit(self, outputs: dict[str, Any], token: Any) -> bool:
+        """``KafkaSink.submit`` into the group; ``token`` comes back in its ``on_done``."""
+        sink = self._sink
+        sink._check_open()
+        value, key, headers = sink._encode(self._graph, outputs)
+        return sink.producer.produce_grouped(sink.topic, value, key, headers, self._group, token)
+
+    def seal(self) -> None:
+        """The batch is over: ``on_done`` follows once its last report is in."""
+        self._group.seal()
