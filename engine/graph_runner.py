@@ -92,6 +92,12 @@ class GraphRunner:
             return False
         return self._submit_to(fire, sink, submit, outputs)
 
+    def _submitters(self) -> list[tuple[Sink, Callable[..., bool] | None]]:
+        """Each sink with the ``submit`` that ``_submit`` would use (None: send instead)."""
+        return [
+            (sink, getattr(sink, "submit", None) if self._defer else None) for sink in self.sinks
+        ]
+
     def _submit_to(
         self, fire: Fire, sink: Sink, submit: Callable[..., bool], outputs: dict[str, Any]
     ) -> bool:
@@ -149,7 +155,7 @@ class GraphRunner:
                                     self._fail_if_fatal(sink, error)
                                     raise
                                 if accepted:
-                                    fire.hold()  # released in _group_done
+                                    fire.holds += 1  # fire.hold(): released in _group_done
                                     continue
                             elif submit is not None and submit_to(fire, sink, submit, outputs):
                                 continue
@@ -181,8 +187,7 @@ class GraphRunner:
         """Per sink, for one batch: its ``submit`` (None: ``send``) and its open group
         (None: the sink does not group, or results are not deferred)."""
         plan: list[tuple[Sink, Callable[..., bool] | None, Any]] = []
-        for sink in self.sinks:
-            submit = getattr(sink, "submit", None) if self._defer else None
+        for sink, submit in self._submitters():
             open_group = getattr(sink, "open_group", None) if submit is not None else None
             group = (
                 open_group(self.graph.name, partial(self._group_done, sink))

@@ -209,12 +209,6 @@ class ReportGroup:
         self._reported = 0
         self._sealed = False
 
-    def add(self, value: bytes | None, key: Any, token: Any) -> None:
-        """A message of the group was handed to the client (its report is to come)."""
-        self.values.append(value)
-        self.keys.append(key)
-        self.tokens.append(token)
-
     def report(self, error: Any, msg: Any) -> None:
         """``on_delivery`` of every message of the group (a flush on another thread hands
         its reports to the loop)."""
@@ -222,7 +216,7 @@ class ReportGroup:
         if not deliveries.polling_on_loop:
             if deliveries.loop is not None:
                 with contextlib.suppress(RuntimeError):  # loop closed: nobody waits any more
-                    deliveries.loop.call_soon_threadsafe(self._report_on_loop, error, msg)
+                    deliveries.loop.call_soon_threadsafe(self._count, error, msg)
             return
         self._reported += 1
         if error is not None:
@@ -230,15 +224,13 @@ class ReportGroup:
         if self._sealed and self._reported == len(self.values):
             self._finish()
 
-    def _report_on_loop(self, error: Any, msg: Any) -> None:
-        """A report handed over from another thread: counted as the loop's poll counts it."""
-        deliveries = self._deliveries
-        deliveries.polling_on_loop = True
-        try:
-            self.report(error, msg)
-        finally:
-            deliveries.polling_on_loop = False
-        deliveries.settled()
+    def _count(self, error: Any, msg: Any) -> None:
+        self._reported += 1
+        if error is not None:
+            self._failures.append((error, msg))
+        if self._sealed and self._reported == len(self.values):
+            self._finish()
+            self._deliveries.settled()
 
     def seal(self) -> None:
         """No more messages join: ``on_done`` follows once every report is in."""

@@ -227,8 +227,27 @@ class DeliveryProducer(DeliveryCounts):
         """Hand one message to the producer; False when too many are in flight (try later).
 
         ``partition`` -1 lets the partitioner choose (by key)."""
-        callback = self.deliveries.callback(delivered)
-        return self._hand_over(topic, value, key, headers, callback, partition)
+        deliveries = self.deliveries
+        if deliveries.full():
+            return False
+        producer = self._producer
+        assert producer is not None, f"{self.name} is not started"
+        try:
+            producer.produce(
+                topic,
+                value,
+                key,
+                partition=partition,
+                headers=headers,
+                on_delivery=deliveries.callback(delivered),
+            )
+        except BufferError:
+            deliveries.refused()
+            return False
+        deliveries.sent()
+        if not self._busy:
+            self._poll_soon()
+        return True
 
     def group(self, on_done: GroupDone) -> ReportGroup:
         """A group of messages reported together (``produce_grouped``, then ``seal``)."""
@@ -245,22 +264,6 @@ class DeliveryProducer(DeliveryCounts):
     ) -> bool:
         """``produce_nowait`` for a message of ``group``: its report goes to the group,
         and ``token`` comes back in the group's ``on_done``. False: too busy, try later."""
-        if not self._hand_over(topic, value, key, headers, group.report, -1):
-            return False
-        group.add(value, key, token)
-        return True
-
-    def _hand_over(
-        self,
-        topic: str,
-        value: bytes | None,
-        key: bytes | str | None,
-        headers: list[tuple[str, bytes]] | None,
-        on_delivery: Callable[[Any, Any], None],
-        partition: int,
-    ) -> bool:
-        """Give one message to the client with its ``on_delivery``, counted as in flight;
-        False when too many are in flight or the client's queue is full."""
         deliveries = self.deliveries
         if deliveries.full():
             return False
@@ -268,10 +271,13 @@ class DeliveryProducer(DeliveryCounts):
         assert producer is not None, f"{self.name} is not started"
         # positional: topic, value, key, partition, callback, on_delivery, timestamp, headers
         try:
-            producer.produce(topic, value, key, partition, on_delivery, None, 0, headers)
+            producer.produce(topic, value, key, -1, group.report, None, 0, headers)
         except BufferError:
             deliveries.refused()
             return False
+        group.values.append(value)
+        group.keys.append(key)
+        group.tokens.append(token)
         deliveries.sent()
         if not self._busy:
             self._poll_soon()

@@ -53,8 +53,10 @@ def opened(max_in_flight: int = 1000) -> Deliveries:
 
 def produce(group: ReportGroup, deliveries: Deliveries, value: bytes, key: Any, token: Any) -> None:
     """What ``DeliveryProducer.produce_grouped`` records once the client took a message."""
+    group.values.append(value)
+    group.keys.append(key)
+    group.tokens.append(token)
     deliveries.sent()
-    group.add(value, key, token)
 
 
 def report(group: ReportGroup, deliveries: Deliveries, error: Any, msg: Msg) -> None:
