@@ -13,6 +13,8 @@ Ack = Callable[[], None]
 """Called exactly once when the value that carries it has been fully handled."""
 
 _delivery_order = itertools.count()
+next_seq = _delivery_order.__next__
+"""The next ``Envelope.seq`` (passing it positionally is the cheapest way to build one)."""
 
 
 def settle(acks: Iterable[Ack]) -> None:
@@ -43,7 +45,7 @@ class Envelope:
     accumulator: str
     value: Any
     acks: tuple[Ack, ...] = ()
-    seq: int = field(default_factory=_delivery_order.__next__)
+    seq: int = field(default_factory=next_seq)
     key: str | None = None
     """The value's key when its accumulator has ``key=`` (keyed reactors group by it)."""
     partition: int | None = None
@@ -109,6 +111,25 @@ class Channel:
             raise asyncio.QueueFull(f"channel {self.accumulator!r} is full ({self.maxsize})")
         items.append(envelope)
         depth += 1
+        if depth > self.high_water:
+            self.high_water = depth
+        if depth >= self.maxsize:
+            self._space.clear()
+        self.on_put()
+
+    def put_many(self, envelopes: list[Envelope]) -> None:
+        """``put_nowait`` for a run of envelopes, all or none (``QueueFull``), in order: the
+        bound, the high water and the reactor's wake-up are dealt with once for the run."""
+        if not envelopes:
+            return
+        items = self._items
+        depth = len(items) + len(envelopes)
+        if depth > self.maxsize:
+            raise asyncio.QueueFull(
+                f"channel {self.accumulator!r} has no room for {len(envelopes)} values "
+                f"({len(items)} of {self.maxsize} taken)"
+            )
+        items.extend(envelopes)
         if depth > self.high_water:
             self.high_water = depth
         if depth >= self.maxsize:

@@ -17,6 +17,7 @@ from headrace.accumulators.channel import (
     ChannelClosedError,
     Envelope,
     SharedAck,
+    next_seq,
     settle,
 )
 from headrace.accumulators.clock import SYSTEM_CLOCK, Clock
@@ -132,12 +133,12 @@ class AccumulatorRunner:
             self.on_delivered(self.name, value)
         name = self.spec.name
         if len(channels) == 1:  # the common case, without the fan-out bookkeeping
-            channels[0].put_nowait(Envelope(name, value, acks, key=key, partition=partition))
+            channels[0].put_nowait(Envelope(name, value, acks, next_seq(), key, partition))
             return
         if acks:
             acks = (SharedAck(acks, len(channels)),)
         for channel in channels:
-            channel.put_nowait(Envelope(name, value, acks, key=key, partition=partition))
+            channel.put_nowait(Envelope(name, value, acks, next_seq(), key, partition))
 
     async def deliver(
         self,
@@ -171,6 +172,64 @@ class AccumulatorRunner:
         event is within the depth limit.
         """
         self.deliver_nowait(self.transform(event, shallow), acks, message_key, partition)
+
+    def offer_many(
+        self,
+        events: list[Any],
+        shallows: list[bool],
+        message_keys: list[Any] | None,
+        acks: tuple[Ack, ...],
+        partition: int | None = None,
+    ) -> list[tuple[int, Exception]]:
+        """``offer_nowait`` for a run of events that share ``acks`` (sync function, exactly
+        one channel, room for all of them checked by the caller), delivered as one put.
+
+        Each event settles ``acks`` once: a filtered one at once, a delivered one when its
+        envelope is handled. Returns ``(index, error)`` for each event that was refused
+        (``AccumulatorInputError``: invalid, function raised, no key; or any other error,
+        which is a bug): those are the caller's to dead-letter, with ``acks`` unsettled.
+        """
+        spec = self.spec
+        fn, model, validate, name = spec.fn, spec.model, spec.validate, spec.name
+        keyed = spec.key is not None
+        hook = self.on_delivered
+        envelopes: list[Envelope] = []
+        refused: list[tuple[int, Exception]] = []
+        filtered = 0
+        value: Any = None
+        for index, event in enumerate(events):
+            try:
+                if model is not None or not shallows[index]:
+                    event = validate(event, shallows[index])
+                try:
+                    value = fn(event)
+                except Exception as error:
+                    self.errors += 1
+                    raise AccumulatorInputError(name, f"function raised {error!r}") from error
+                if value is None:
+                    filtered += 1
+                    for ack in acks:
+                        ack()
+                    continue
+                key = (
+                    self._key(value, message_keys[index] if message_keys else None)
+                    if keyed
+                    else None
+                )
+            except Exception as error:
+                refused.append((index, error))
+                continue
+            if hook is not None:
+                hook(name, value)
+            envelopes.append(Envelope(name, value, acks, next_seq(), key, partition))
+        self.events_in += len(events)
+        self.filtered += filtered
+        if envelopes:
+            self.channels[0].put_many(envelopes)  # counted as delivered once it took them
+            self.delivered += len(envelopes)
+            self.last_value = envelopes[-1].value
+            self.last_delivered_at = time.time()
+        return refused
 
     async def offer(
         self,

@@ -32,6 +32,26 @@ from headrace.reactors import Fire
 
 log = structlog.get_logger("headrace.graphs")
 
+MAX_RUN_AGE = 0.002
+"""Seconds a batch's first unsubmitted result waits for the sink (a slow sync graph's
+results go out every ~2 ms, not at the end of its batch)."""
+
+
+class _ResultRun:
+    """Fires executed by ``run_many`` whose results are not handed to the sink yet."""
+
+    __slots__ = ("durations", "fires", "results")
+
+    def __init__(self) -> None:
+        self.fires: list[Fire] = []
+        self.results: list[dict[str, Any]] = []
+        self.durations: list[float] = []
+
+    def clear(self) -> None:
+        self.fires.clear()
+        self.results.clear()
+        self.durations.clear()
+
 
 class GraphRunner:
     """Executes a graph on each fire and hands its outputs to every sink.
@@ -126,7 +146,8 @@ class GraphRunner:
         ``ExecutionRecord`` per fire: its successes reach the observers as one
         ``ExecutionBatch``. A sink that groups results (``open_group``) takes the batch's
         results as one group, durable together: one delivery report call per result and
-        one settling pass per batch. A fire whose first attempt fails continues in ``run``
+        one settling pass per batch; when it is the only sink, the results go to it in
+        runs (``_submit_run``). A fire whose first attempt fails continues in ``run``
         (retries, dead letters, ``on_error``), as does every fire of an async graph."""
         executor = self.graph.executor
         if executor.is_async:
@@ -134,41 +155,15 @@ class GraphRunner:
                 await self.run(fire)
                 fire.settle()
             return
-        run_sync = executor.run_sync
         plan = self._plan()
-        submit_to = self._submit_to
-        clock = time.perf_counter
         numbers: list[int] = []
         durations: list[float] = []
         started = time.time()
         try:
-            for fire in fires:
-                begun = clock()
-                try:
-                    outputs = run_sync(fire.inputs, fire.key)
-                    if outputs:
-                        for sink, submit, group in plan:
-                            if group is not None:
-                                try:
-                                    accepted = group.submit(outputs, (fire, outputs))
-                                except Exception as error:
-                                    self._fail_if_fatal(sink, error)
-                                    raise
-                                if accepted:
-                                    fire.holds += 1  # fire.hold(): released in _group_done
-                                    continue
-                            elif submit is not None and submit_to(fire, sink, submit, outputs):
-                                continue
-                            await self._send(sink, outputs)
-                except SinkFailed:
-                    raise
-                except Exception as error:
-                    await self.run(fire, first_failure=(error, begun))
-                    fire.settle()
-                    continue
-                numbers.append(fire.number)
-                durations.append(clock() - begun)
-                fire.settle()
+            if len(plan) == 1 and plan[0][2] is not None:
+                await self._run_into_group(fires, plan[0][0], plan[0][2], numbers, durations)
+            else:
+                await self._run_each(fires, plan, numbers, durations)
         finally:
             for _, _, group in plan:
                 if group is not None:
@@ -182,6 +177,129 @@ class GraphRunner:
                             self.name, self.graph.reactor_name, numbers, started, durations
                         )
                     )
+
+    async def _run_each(
+        self,
+        fires: Iterable[Fire],
+        plan: list[tuple[Sink, Callable[..., bool] | None, Any]],
+        numbers: list[int],
+        durations: list[float],
+    ) -> None:
+        """``run_many`` with the sinks taking each fire's results before the next fire."""
+        run_sync = self.graph.executor.run_sync
+        submit_to = self._submit_to
+        clock = time.perf_counter
+        for fire in fires:
+            begun = clock()
+            try:
+                outputs = run_sync(fire.inputs, fire.key)
+                if outputs:
+                    for sink, submit, group in plan:
+                        if group is not None:
+                            index, error = group.submit_many([outputs], [(fire, outputs)])
+                            if error is not None:
+                                self._fail_if_fatal(sink, error)
+                                raise error
+                            if index:
+                                fire.holds += 1  # fire.hold(): released in _group_done
+                                continue
+                        elif submit is not None and submit_to(fire, sink, submit, outputs):
+                            continue
+                        await self._send(sink, outputs)
+            except SinkFailed:
+                raise
+            except Exception as error:
+                await self.run(fire, first_failure=(error, begun))
+                fire.settle()
+                continue
+            numbers.append(fire.number)
+            durations.append(clock() - begun)
+            fire.settle()
+
+    async def _run_into_group(
+        self,
+        fires: Iterable[Fire],
+        sink: Sink,
+        group: Any,
+        numbers: list[int],
+        durations: list[float],
+    ) -> None:
+        """``run_many`` for one grouping sink: the results of consecutive fires go to it as
+        one run (``_submit_run``): at the end of the batch, once the run is
+        ``MAX_RUN_AGE`` old, and before a failed fire continues in ``run``, so that results
+        reach the sink in fire order."""
+        run_sync = self.graph.executor.run_sync
+        clock = time.perf_counter
+        run = _ResultRun()
+        run_began = 0.0  # when the first result of the run was begun
+        try:
+            for fire in fires:
+                begun = clock()
+                try:
+                    outputs = run_sync(fire.inputs, fire.key)
+                except Exception as error:
+                    await self._submit_run(sink, group, run, numbers, durations)
+                    await self.run(fire, first_failure=(error, begun))
+                    fire.settle()
+                    continue
+                if outputs:
+                    if not run.fires:
+                        run_began = begun
+                    run.fires.append(fire)
+                    run.results.append(outputs)
+                    run.durations.append(clock() - begun)
+                    if begun - run_began >= MAX_RUN_AGE:
+                        await self._submit_run(sink, group, run, numbers, durations)
+                else:
+                    numbers.append(fire.number)
+                    durations.append(clock() - begun)
+                    fire.settle()
+            await self._submit_run(sink, group, run, numbers, durations)
+        finally:
+            run.clear()  # not submitted (the sink failed): their inputs stay unsettled
+
+    async def _submit_run(
+        self,
+        sink: Sink,
+        group: Any,
+        run: _ResultRun,
+        numbers: list[int],
+        durations: list[float],
+    ) -> None:
+        """Hand a run of results to ``group`` in order; each one taken or sent counts as an
+        execution (``numbers``, ``durations``). A fire whose result the group took hands
+        its hold to the group (released in ``_group_done``). One the producer had no room
+        for is sent (waiting: backpressure). One that failed to encode, produce or send
+        continues in ``run``, which counts it (a fatal error fails the sink)."""
+        fires, results = run.fires, run.results
+        if not fires:
+            return
+        tokens = list(zip(fires, results, strict=True))
+        index, count = 0, len(fires)
+        while index < count:
+            taken_from = index
+            index, error = group.submit_many(results, tokens, index)
+            numbers.extend(fire.number for fire in fires[taken_from:index])
+            durations.extend(run.durations[taken_from:index])
+            if index == count:
+                break
+            fire, outputs = tokens[index]
+            duration = run.durations[index]
+            index += 1
+            if error is None:
+                try:
+                    await self._send(sink, outputs)
+                    numbers.append(fire.number)
+                    durations.append(duration)
+                except SinkFailed:
+                    raise
+                except Exception as failure:
+                    error = failure
+            if error is not None:
+                self._fail_if_fatal(sink, error)
+                await self.run(fire, first_failure=(error, time.perf_counter()))
+            fire.settle()
+        run.clear()
 
     def _plan(self) -> list[tuple[Sink, Callable[..., bool] | None, Any]]:
         """Per sink, for one batch: its ``submit`` (None: ``send``) and its open group

@@ -95,11 +95,11 @@ class Deliveries:
         """The ``on_delivery`` of a message whose report goes to ``delivered``."""
         return partial(self.on_delivery, delivered)
 
-    def sent(self) -> None:
-        """A message was handed to the client (``idle`` is cleared on the first only)."""
+    def sent(self, count: int = 1) -> None:
+        """``count`` messages were handed to the client (``idle`` is cleared on the first)."""
         if self.in_flight == 0:
             self.idle.clear()
-        self.in_flight += 1
+        self.in_flight += count
 
     def refused(self) -> None:
         """The client's queue was full: wait for ``space``."""
@@ -182,10 +182,11 @@ class ReportGroup:
 
     Each message carries a token (what the producer of the group needs back, e.g. its
     fire); ``report`` is handed to confluent-kafka as the ``on_delivery`` of every message,
-    so a report costs one call and no ``partial``. Once ``seal``-ed and every report is in,
-    the producer's counts move by the whole group and ``on_done`` hears which tokens were
-    delivered and which failed. A failed report is matched back to its token by the
-    message's value and key (identical messages are interchangeable).
+    so a report costs one call and no ``partial``. Each report leaves the producer's
+    ``in_flight`` at once (room for more, even before the seal); once ``seal``-ed and every
+    report is in, ``delivered``/``failed`` move by the whole group and ``on_done`` hears
+    which tokens were delivered and which failed. A failed report is matched back to its
+    token by the message's value and key (identical messages are interchangeable).
     """
 
     __slots__ = (
@@ -210,26 +211,27 @@ class ReportGroup:
         self._sealed = False
 
     def report(self, error: Any, msg: Any) -> None:
-        """``on_delivery`` of every message of the group (a flush on another thread hands
-        its reports to the loop)."""
+        """``on_delivery`` of every message of the group. Inside the loop's own poll it is
+        counted at once (the poll wakes waiting writers after); a flush on another thread
+        hands it to the loop."""
         deliveries = self._deliveries
-        if not deliveries.polling_on_loop:
-            if deliveries.loop is not None:
-                with contextlib.suppress(RuntimeError):  # loop closed: nobody waits any more
-                    deliveries.loop.call_soon_threadsafe(self._count, error, msg)
-            return
-        self._reported += 1
-        if error is not None:
-            self._failures.append((error, msg))
-        if self._sealed and self._reported == len(self.values):
-            self._finish()
+        if deliveries.polling_on_loop:
+            self._count(error, msg, False)
+        elif deliveries.loop is not None:
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody waits any more
+                deliveries.loop.call_soon_threadsafe(self._count, error, msg, True)
 
-    def _count(self, error: Any, msg: Any) -> None:
+    def _count(self, error: Any, msg: Any, wake: bool) -> None:
+        """Count one report (on the loop); the last one of a sealed group finishes it. With
+        ``wake`` (not inside the loop's poll, which does it after) it tells waiting writers
+        (``Deliveries.settled``)."""
+        self._deliveries.in_flight -= 1
         self._reported += 1
         if error is not None:
             self._failures.append((error, msg))
         if self._sealed and self._reported == len(self.values):
             self._finish()
+        if wake:
             self._deliveries.settled()
 
     def seal(self) -> None:
@@ -242,7 +244,6 @@ class ReportGroup:
     def _finish(self) -> None:
         count, failed = len(self.values), len(self._failures)
         deliveries = self._deliveries
-        deliveries.in_flight -= count
         deliveries.delivered += count - failed
         deliveries.failed += failed
         tokens = self.tokens

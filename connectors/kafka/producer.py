@@ -40,10 +40,10 @@ LIBRDKAFKA_LOGGER = logging.getLogger("headrace.kafka.librdkafka")
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",
     "enable.idempotence": True,
-    # librdkafka's own default: at 1 ms the sink's broker thread woke for every few
-    # messages and cost ~9 µs of CPU per message (tests/bench/PROFILE.md); 5 ms batches them
-    # and still leaves the p99 well under 10 ms at 5,000 msg/s (`make bench`).
-    "linger.ms": 5,
+    # A reactor's batch of results is produced at once, so the client batches them without
+    # a long linger; 2 ms (librdkafka's default is 5) takes about 2 ms off produce->output
+    # at 5,000 msg/s and costs no CPU per message at full speed (tests/bench/PROFILE.md).
+    "linger.ms": 2,
     "compression.type": "none",
     "logger": LIBRDKAFKA_LOGGER,
 }
@@ -244,44 +244,57 @@ class DeliveryProducer(DeliveryCounts):
         except BufferError:
             deliveries.refused()
             return False
-        deliveries.sent()
+        self._sent(1)
+        return True
+
+    def _sent(self, count: int) -> None:
+        """``count`` messages were handed to the client: count them, poll at the busy pace."""
+        self.deliveries.sent(count)
         if not self._busy:
             self._poll_soon()
-        return True
 
     def group(self, on_done: GroupDone) -> ReportGroup:
-        """A group of messages reported together (``produce_grouped``, then ``seal``)."""
+        """A group of messages reported together (``produce_many``, then ``seal``)."""
         return ReportGroup(self.deliveries, on_done)
 
-    def produce_grouped(
+    def produce_many(
         self,
         topic: str,
-        value: bytes | None,
-        key: bytes | str | None,
+        values: list[bytes | None],
+        keys: list[bytes | str | None],
         headers: list[tuple[str, bytes]] | None,
         group: ReportGroup,
-        token: Any,
-    ) -> bool:
-        """``produce_nowait`` for a message of ``group``: its report goes to the group,
-        and ``token`` comes back in the group's ``on_done``. False: too busy, try later."""
+        tokens: list[Any],
+        start: int = 0,
+    ) -> tuple[int, Exception | None]:
+        """``produce_nowait`` for messages of ``group``, in order: their reports go to the
+        group, and ``tokens[start + i]`` comes back in its ``on_done`` for ``values[i]``.
+        Returns how many the client took, and the error of the next one when the client
+        raised for it (None: it stopped because too many are in flight)."""
         deliveries = self.deliveries
-        if deliveries.full():
-            return False
         producer = self._producer
         assert producer is not None, f"{self.name} is not started"
-        # positional: topic, value, key, partition, callback, on_delivery, timestamp, headers
+        count = min(len(values), max(deliveries.max_in_flight - deliveries.in_flight, 0))
+        produce, report = producer.produce, group.report
+        taken = 0
+        error: Exception | None = None
         try:
-            producer.produce(topic, value, key, -1, group.report, None, 0, headers)
+            # positional: topic, value, key, partition, callback, on_delivery, timestamp, headers
+            while taken < count:
+                produce(topic, values[taken], keys[taken], -1, report, None, 0, headers)
+                taken += 1
         except BufferError:
             deliveries.refused()
-            return False
-        group.values.append(value)
-        group.keys.append(key)
-        group.tokens.append(token)
-        deliveries.sent()
-        if not self._busy:
-            self._poll_soon()
-        return True
+        except Exception as failure:  # about this message (e.g. too large) or a fatal client
+            error = failure
+        if taken:
+            group.values.extend(values[:taken])
+            group.keys.extend(keys[:taken])
+            group.tokens.extend(tokens[start : start + taken])
+            self._sent(taken)
+        if taken < len(values) and error is None:
+            deliveries.full()  # clears ``space`` when in flight is at the bound
+        return taken, error
 
     async def produce(
         self,

@@ -131,11 +131,33 @@ class KafkaSink:
             )
 
     def _encode(self, graph: str, outputs: dict[str, Any]) -> tuple[Any, ...]:
+        """One result's value, key and headers (``_encode_many`` raising its error)."""
+        values, keys, headers, error = self._encode_many(graph, [outputs], 0)
+        if error is not None:
+            raise error
+        return values[0], keys[0], headers
+
+    def _encode_many(
+        self, graph: str, results: list[dict[str, Any]], start: int
+    ) -> tuple[list[Any], list[Any], list[tuple[str, bytes]], Exception | None]:
+        """Values and keys of ``results[start:]``, in order, up to the first that cannot be
+        encoded (its error comes back, None when all could), and the graph's headers."""
         headers = self._headers.get(graph)
         if headers is None:
             headers = self._headers[graph] = [("graph", graph.encode())]
-        key = self.key(graph, outputs) if self.key is not None else current_fire_key()
-        return self.serializer(outputs), key, headers
+        key_of, serializer = self.key, self.serializer
+        fire_key = current_fire_key() if key_of is None else None
+        values: list[Any] = []
+        keys: list[Any] = []
+        try:
+            for index in range(start, len(results)):
+                outputs = results[index]
+                key = key_of(graph, outputs) if key_of is not None else fire_key
+                values.append(serializer(outputs))
+                keys.append(key)
+        except Exception as error:
+            return values, keys, headers, error
+        return values, keys, headers, None
 
     def submit(self, graph: str, outputs: dict[str, Any], delivered: Delivered) -> bool:
         """Produce now; ``delivered(error)`` follows on the loop. False: too busy, ``send``."""
@@ -178,12 +200,22 @@ class SinkGroup:
         self._graph = graph
         self._group = group
 
-    def submit(self, outputs: dict[str, Any], token: Any) -> bool:
-        """``KafkaSink.submit`` into the group; ``token`` comes back in its ``on_done``."""
+    def submit_many(
+        self, results: list[dict[str, Any]], tokens: list[Any], start: int = 0
+    ) -> tuple[int, Exception | None]:
+        """``KafkaSink.submit`` of ``results[start:]`` into the group, in order, each with
+        its token (it comes back in ``on_done``). Stops at the first result not taken:
+        returns its index (``len(results)`` when all were) and, when it could not be
+        encoded or produced, the error (None: the producer is too busy; ``send`` it)."""
         sink = self._sink
         sink._check_open()
-        value, key, headers = sink._encode(self._graph, outputs)
-        return sink.producer.produce_grouped(sink.topic, value, key, headers, self._group, token)
+        values, keys, headers, error = sink._encode_many(self._graph, results, start)
+        taken, failure = sink.producer.produce_many(
+            sink.topic, values, keys, headers, self._group, tokens, start
+        )
+        if taken < len(values):
+            return start + taken, failure
+        return start + taken, error
 
     def seal(self) -> None:
         """The batch is over: ``on_done`` follows once its last report is in."""

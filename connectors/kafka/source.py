@@ -148,6 +148,34 @@ class _Route:
         """Room enough to resume a paused partition: at least half the capacity."""
         return self.room() * 2 >= self.capacity
 
+    def batched(self) -> AccumulatorRunner | None:
+        """The route's one runner when a run of messages can go to it as one batch
+        (``offer_many``): a plain stream accumulator with a sync function and one channel."""
+        if len(self.runners) != 1 or self.is_async:
+            return None
+        runner = self.runners[0]
+        if type(runner) is not AccumulatorRunner or len(runner.channels) != 1:
+            return None
+        return runner
+
+
+class _Run:
+    """The messages of one partition taken for a batched route, not delivered yet."""
+
+    __slots__ = ("events", "keys", "messages", "shallows")
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.events: list[Any] = []
+        self.shallows: list[bool] = []
+        self.keys: list[Any] = []
+
+    def clear(self) -> None:
+        self.messages.clear()
+        self.events.clear()
+        self.shallows.clear()
+        self.keys.clear()
+
 
 class KafkaSource:
     """Consumes the topics of stream accumulators and of batch accumulators with a topic.
@@ -514,6 +542,10 @@ class KafkaSource:
         their acks (no closure per message) and is closed when the run ends. A route with
         an async accumulator awaits per message: each of its messages is a range of its own,
         closed before the await, so no range is open while other code runs.
+
+        A route with one plain sync stream accumulator (``_Route.batched``) gets each run
+        as one ``offer_many``: the run is delivered when the partition changes, before
+        the route's room is looked at again, and at the end of the batch.
         """
         routes = self._routes
         flow = self.flow
@@ -533,6 +565,17 @@ class KafkaSource:
         exactly_once = self.transactions is not None
         taken = 0  # offsets in it
         acks: tuple[Ack, ...] = ()
+        run = _Run()
+        batched: AccumulatorRunner | None = None  # the current route's, if batched
+        own_ranges = False  # each message a range of its own (async route, exactly-once)
+        max_depth = 0  # the current route's
+        wants_key = False
+        add_message, add_event, add_shallow, add_key = (
+            run.messages.append,
+            run.events.append,
+            run.shallows.append,
+            run.keys.append,
+        )
         try:
             for msg in messages:
                 if msg.error() is not None:
@@ -541,11 +584,17 @@ class KafkaSource:
                 topic = msg.topic()
                 partition = msg.partition()
                 if current is None or partition != current[1] or topic != current[0]:
+                    if run.messages:
+                        self._deliver_run(route, batched, run, acks, current)
                     if window is not None:
                         window.close(taken)
                         window = None
                     current = (topic, partition)
                     route = routes.get(topic)
+                    batched = None if route is None or exactly_once else route.batched()
+                    if route is not None:
+                        own_ranges = route.is_async or exactly_once
+                        max_depth, wants_key = route.max_depth, route.wants_key
                     skip = route is None or current not in assigned
                     state = None if skip else self.tracker.partition(current)
                     left = 0 if state is None else cap - state.in_flight
@@ -560,6 +609,8 @@ class KafkaSource:
                     continue
                 room = rooms.get(topic, 0)
                 if room <= 0:
+                    if run.messages:  # the room must count what the run holds
+                        self._deliver_run(route, batched, run, acks, current)
                     room = route.room()
                     if room <= 0:  # full: pause, and fetch from here again on resume
                         self._pause(
@@ -574,7 +625,7 @@ class KafkaSource:
                     continue
                 left -= 1
                 count += 1
-                if route.is_async or exactly_once:
+                if own_ranges:
                     # A closed range of its own: an async route awaits below, and under
                     # exactly-once a commit that leaves held inputs out stops each
                     # partition right below its lowest held offset, which a range
@@ -606,8 +657,15 @@ class KafkaSource:
                         continue
                     # Every level of nesting opens with { or [: this few is never too deep
                     # (brackets inside strings only overcount), so no walk over the event.
-                    shallow = value.count(b"{") + value.count(b"[") <= route.max_depth
-                    key = msg.key() if route.wants_key else None
+                    shallow = value.count(b"{") + value.count(b"[") <= max_depth
+                    if batched is not None:
+                        add_message(msg)
+                        add_event(event)
+                        add_shallow(shallow)
+                        if wants_key:
+                            add_key(msg.key())
+                        continue
+                    key = msg.key() if wants_key else None
                     runners = route.runners
                     if len(runners) == 1:
                         runner = runners[0]
@@ -626,9 +684,46 @@ class KafkaSource:
                     log.exception("unexpected error handling a message", topic=topic, offset=offset)
                     self._dead_letter(route, msg, f"unexpected error: {error!r}", ack)
         finally:
+            if run.messages:
+                self._deliver_run(route, batched, run, acks, current)
             if window is not None:
                 window.close(taken)
             self.stats["messages"] += count
+
+    def _deliver_run(
+        self,
+        route: _Route | None,
+        runner: AccumulatorRunner | None,
+        run: _Run,
+        acks: tuple[Ack, ...],
+        tp: TP | None,
+    ) -> None:
+        """Deliver a batched route's run (``offer_many``); dead-letter what it refused.
+
+        A refused event is dead-lettered with its message (``AccumulatorInputError``: its
+        reason; anything else is a bug, logged with its traceback). An error of the
+        delivery itself is a bug too: it propagates and fails the fetch loop, with the
+        run's offsets never acknowledged (consumed again after a restart)."""
+        assert route is not None and runner is not None and tp is not None
+        try:
+            refused = runner.offer_many(
+                run.events, run.shallows, run.keys if route.wants_key else None, acks, tp[1]
+            )
+            for index, error in refused:
+                msg = run.messages[index]
+                if isinstance(error, AccumulatorInputError):
+                    self._dead_letter(route, msg, error.reason, acks[0], accumulator=runner.name)
+                    continue
+                log.error(
+                    "unexpected error handling a message",
+                    topic=tp[0],
+                    partition=tp[1],
+                    offset=msg.offset(),
+                    exc_info=error,
+                )
+                self._dead_letter(route, msg, f"unexpected error: {error!r}", acks[0])
+        finally:
+            run.clear()
 
     async def _offer_many(
         self,

@@ -184,6 +184,35 @@ def _loaded_model(type_name: str) -> type[pydantic.BaseModel] | None:
     return None
 
 
+class _SuccessBatches:
+    """One graph's newest batches of successful executions, oldest first."""
+
+    __slots__ = ("batches", "count")
+
+    def __init__(self) -> None:
+        self.batches: deque[ExecutionBatch] = deque()
+        self.count = 0
+
+    def add(self, batch: ExecutionBatch, cap: int) -> int:
+        """Keep ``batch``; drop the oldest batches the newer ones make unneeded (at least
+        ``cap`` executions without them). Returns how many executions were dropped."""
+        batches = self.batches
+        batches.append(batch)
+        self.count += len(batch.fires)
+        dropped = 0
+        while self.count - len(batches[0].fires) >= cap:
+            old = len(batches.popleft().fires)
+            self.count -= old
+            dropped += old
+        return dropped
+
+    def records(self, cap: int) -> tuple[list[ExecutionRecord], int]:
+        """The newest ``cap`` executions as records, in order, and how many were left out."""
+        records = [record for batch in self.batches for record in batch.records()]
+        skipped = max(0, len(records) - cap)
+        return records[skipped:], skipped
+
+
 class StateStore:
     """Keeps execution history, dead letters and last accumulator values in SQL.
 
@@ -249,6 +278,9 @@ class StateStore:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._executions: deque[ExecutionRecord] = deque(maxlen=queue_size)
+        self._successes: dict[str, _SuccessBatches] = {}
+        """Per graph, the newest batches of successes (``on_executions``), turned into
+        records only at the flush, which keeps their newest ``successes_per_flush``."""
         self._values: dict[str, tuple[Any, float]] = {}
         self._restoring = False
         self._wake = threading.Event()
@@ -332,8 +364,9 @@ class StateStore:
             self.flush()
         except Exception as error:  # reported, never raised: a stopping worker still exits 0
             with self._lock:
-                lost = len(self._executions) + len(self._values)
-                self.dropped_executions += len(self._executions)
+                successes = len(self._take_successes())
+                lost = len(self._executions) + successes + len(self._values)
+                self.dropped_executions += len(self._executions) + successes
                 self._executions.clear()
                 self._values.clear()
             self.write_errors += 1
@@ -383,20 +416,25 @@ class StateStore:
             self._executions.append(record)
 
     def on_executions(self, batch: ExecutionBatch) -> None:
-        """Queue the newest ``successes_per_flush`` of a batch; count the rest as unsampled
-        (a flush would leave them out anyway)."""
-        cap = self.successes_per_flush
-        skipped = max(0, len(batch.fires) - cap)
-        kept = [
-            ExecutionRecord(batch.graph, batch.reactor, fire, batch.started_at, duration, "ok", 1)
-            for fire, duration in zip(batch.fires[skipped:], batch.durations[skipped:], strict=True)
-        ]
+        """Keep the batch (no record per execution) while it holds some of its graph's
+        newest ``successes_per_flush``; older ones count as unsampled (a flush would leave
+        them out anyway)."""
         with self._lock:
+            kept = self._successes.get(batch.graph)
+            if kept is None:
+                kept = self._successes[batch.graph] = _SuccessBatches()
+            self.unsampled_executions += kept.add(batch, self.successes_per_flush)
+
+    def _take_successes(self) -> list[ExecutionRecord]:
+        """The kept successes as records, newest ``successes_per_flush`` per graph (under
+        ``_lock``; the rest count as unsampled)."""
+        records: list[ExecutionRecord] = []
+        for kept in self._successes.values():
+            taken, skipped = kept.records(self.successes_per_flush)
+            records.extend(taken)
             self.unsampled_executions += skipped
-            for record in kept:
-                if len(self._executions) == self._executions.maxlen:
-                    self.dropped_executions += 1
-                self._executions.append(record)
+        self._successes.clear()
+        return records
 
     def wants_delivered(self, accumulator: str) -> bool:
         """Only the kinds Kafka cannot replay (``STORED_KINDS``) are kept; an accumulator
@@ -526,6 +564,7 @@ class StateStore:
             with self._lock:
                 records = list(self._executions)
                 self._executions.clear()
+                records.extend(self._take_successes())
                 values, self._values = self._values, {}
             if not records and not values:
                 return
@@ -733,7 +772,10 @@ class StateStore:
 
     def health(self) -> dict[str, Any]:
         with self._lock:
-            queued = len(self._executions) + len(self._values)
+            successes = sum(
+                min(kept.count, self.successes_per_flush) for kept in self._successes.values()
+            )
+            queued = len(self._executions) + successes + len(self._values)
         return {
             "url": self.display_url,
             "open": self._engine is not None,

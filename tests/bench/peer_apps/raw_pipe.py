@@ -41,7 +41,7 @@ def main() -> int:
             "bootstrap.servers": run.bootstrap,
             "acks": "all",
             "enable.idempotence": True,
-            "linger.ms": 5,
+            "linger.ms": 2,
         }
     )
     consumer.subscribe([run.input_topic])

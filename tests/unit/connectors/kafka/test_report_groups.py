@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+import time
 from typing import Any
 
 import orjson
@@ -16,7 +17,7 @@ from confluent_kafka import KafkaError, KafkaException
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headrace.connectors import MemoryDeadLetters
+from headrace.connectors import MemoryDeadLetters, MemorySink
 from headrace.connectors.kafka import producer as producer_module
 from headrace.connectors.kafka.deliveries import Deliveries, ReportGroup
 from headrace.connectors.kafka.sink import KafkaSink
@@ -76,7 +77,8 @@ def test_a_sealed_group_reports_once_when_its_last_report_is_in() -> None:
     report(group, deliveries, None, Msg(b"v1"))
     group.seal()
     report(group, deliveries, None, Msg(b"v0"))
-    assert done.calls == [] and deliveries.in_flight == 3
+    # each report leaves in_flight at once; delivered moves when the group is done
+    assert done.calls == [] and (deliveries.in_flight, deliveries.delivered) == (1, 0)
     report(group, deliveries, None, Msg(b"v2"))
     assert done.calls == [(["t0", "t1", "t2"], [])]
     assert (deliveries.in_flight, deliveries.delivered, deliveries.failed) == (0, 3, 0)
@@ -291,3 +293,119 @@ async def test_a_fatal_error_at_grouped_produce_fails_the_sink_and_settles_nothi
         failures = set(runtime.failures)
     assert failures == {"sink:KafkaSink(out)", "reactor:rx"}
     assert settled == [] and letters.letters == []
+
+
+async def run_batch(
+    values: list[int], letters: MemoryDeadLetters, **sink_options: Any
+) -> tuple[list[int], KafkaSink, int]:
+    """``run_values`` that also returns the graph's execution count (a stall fails it)."""
+    sink = KafkaSink("127.0.0.1:9", "out", close_timeout=1.0, **sink_options)
+    settled: list[int] = []
+    async with asyncio.timeout(30):
+        async with Runtime(graphs=["g"], sinks=[sink], dead_letters=letters) as runtime:
+            runtime.pause("g")
+            for value in values:
+                await runtime.accumulator("a").offer(
+                    value, acks=(lambda v=value: settled.append(v),)
+                )
+            runtime.resume("g")
+            await wait_until(lambda: len(settled) == len(values), timeout=10)
+            await runtime.wait_idle()
+            executions = runtime.graphs["g"].executions
+    return settled, sink, executions
+
+
+async def test_results_keep_fire_order_around_a_graph_that_fails_once(client) -> None:
+    """The run before a failing fire goes to the sink before its retry, the rest after."""
+    failed: list[int] = []
+
+    def flaky(a: int) -> int:
+        if a == 3 and not failed:
+            failed.append(a)
+            raise ValueError("flaky")
+        return a
+
+    pipeline(["a"], flaky, strategy="sequential", retry_attempts=2, retry_backoff=0.001)
+    settled, _, executions = await run_batch(list(range(8)), MemoryDeadLetters())
+    assert failed == [3]
+    assert sorted(settled) == list(range(8)) and len(settled) == 8
+    assert client.delivered == [out(n) for n in range(8)]
+    assert executions == 8  # each fire counted once, the retried one included
+
+
+async def test_a_result_that_cannot_be_encoded_is_dead_lettered_and_the_rest_delivered(
+    client,
+) -> None:
+    pipeline(
+        ["a"],
+        lambda a: object() if a == 2 else a,
+        strategy="sequential",
+        retry_attempts=2,
+        retry_backoff=0.001,
+    )
+    letters = MemoryDeadLetters()
+    settled, _, executions = await run_batch(list(range(6)), letters)
+    assert sorted(settled) == list(range(6)) and len(settled) == 6
+    assert client.delivered == [out(n) for n in (0, 1, 3, 4, 5)]
+    (letter,) = letters.letters
+    assert letter.kind == "execution" and letter.payload == {"a": 2}
+    assert "not JSON serializable" in letter.reason
+    assert executions == 6
+
+
+async def test_a_batch_larger_than_max_in_flight_is_sent_in_order_without_a_stall(
+    client,
+) -> None:
+    """A group alone can fill the producer: each report frees room at once, so the results
+    the producer refused are sent (waiting for room) instead of waiting for the seal."""
+    pipeline(["a"], lambda a: a, strategy="sequential")
+    settled, sink, executions = await run_batch(
+        list(range(25)), MemoryDeadLetters(), max_in_flight=4
+    )
+    assert sorted(settled) == list(range(25)) and len(settled) == 25
+    assert client.delivered == [out(n) for n in range(25)]
+    assert sink.producer.in_flight == 0 and sink.producer.delivered == 25
+    assert executions == 25
+
+
+async def test_a_slow_graphs_results_go_out_during_its_batch_not_at_its_end(client) -> None:
+    """A sync graph taking 3 ms per fire: its results reach the producer every
+    ``MAX_RUN_AGE`` (2 ms), so the batch's last fire runs after most were produced."""
+    produced_before: list[int] = []
+
+    def slow(a: int) -> int:
+        produced_before.append(ScriptedClient.grouped)
+        time.sleep(0.003)
+        return a
+
+    pipeline(["a"], slow, strategy="sequential")
+    settled, _, executions = await run_batch(list(range(10)), MemoryDeadLetters())
+    assert sorted(settled) == list(range(10)) and executions == 10
+    assert client.delivered == [out(n) for n in range(10)]
+    assert produced_before[-1] >= 7, produced_before  # at the end of the batch it was 0
+
+
+async def test_a_kafka_sink_beside_another_sink_groups_per_fire_and_both_get_every_result(
+    client,
+) -> None:
+    """Two sinks: results go to each fire's sinks in turn (``_run_each``); the Kafka sink's
+    still form the batch's group, and an input settles once both have its result."""
+    pipeline(["a"], lambda a: a, strategy="sequential")
+    sink, memory = KafkaSink("127.0.0.1:9", "out", close_timeout=1.0), MemorySink()
+    settled: list[int] = []
+    async with asyncio.timeout(30):
+        async with Runtime(graphs=["g"], sinks=[sink, memory]) as runtime:
+            runtime.pause("g")
+            for value in range(12):
+                await runtime.accumulator("a").offer(
+                    value, acks=(lambda v=value: settled.append(v),)
+                )
+            runtime.resume("g")
+            await wait_until(lambda: len(settled) == 12, timeout=10)
+            await runtime.wait_idle()
+            executions = runtime.graphs["g"].executions
+    assert sorted(settled) == list(range(12)) and len(settled) == 12
+    assert client.delivered == [out(n) for n in range(12)]
+    assert client.grouped == 12
+    assert [o["run"] for o in memory.outputs("g")] == list(range(12))
+    assert executions == 12

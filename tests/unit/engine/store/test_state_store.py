@@ -158,6 +158,33 @@ def test_a_batch_of_successes_queues_only_its_newest_sample(url: str) -> None:
         assert sampled.health()["unsampled_executions"] == 2
 
 
+def test_batches_keep_only_each_graphs_newest_successes_until_the_flush(url: str) -> None:
+    """Batches are kept whole, not as records, until a flush: the oldest ones go once the
+    newer ones hold the sample; the flush writes the newest ``successes_per_flush`` per
+    graph and counts every other success as unsampled."""
+    now = time.time()
+    with StateStore(url, flush_interval=3600, successes_per_flush=3) as sampled:
+        sampled.on_executions(ExecutionBatch("g", "rx", [1, 2], now, [0.1, 0.2]))
+        sampled.on_executions(ExecutionBatch("g", "rx", [3, 4, 5, 6], now, [0.3] * 4))
+        assert sampled.health()["unsampled_executions"] == 2  # batch [1, 2] is not needed
+        sampled.on_executions(ExecutionBatch("g", "rx", [7], now, [0.7]))
+        sampled.on_executions(ExecutionBatch("h", "ry", [1], now, [0.5]))
+        assert sampled.health()["queued"] == 3 + 1
+        sampled.on_execution(record("g", 8, status="failed"))
+        sampled.flush()
+        rows = sampled.executions(limit=100)
+        assert sorted((r["graph"], r["fire"], r["status"]) for r in rows) == [
+            ("g", 5, "ok"),
+            ("g", 6, "ok"),
+            ("g", 7, "ok"),
+            ("g", 8, "failed"),
+            ("h", 1, "ok"),
+        ]
+        health = sampled.health()
+        assert health["unsampled_executions"] == 4  # fires 1-4 of g
+        assert health["written_executions"] == 5 and health["queued"] == 0
+
+
 def test_background_writer_flushes_on_its_interval(url: str) -> None:
     with StateStore(url, flush_interval=0.01) as fast:
         fast.on_execution(record())
