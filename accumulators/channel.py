@@ -110,12 +110,7 @@ class Channel:
         if depth >= self.maxsize:
             raise asyncio.QueueFull(f"channel {self.accumulator!r} is full ({self.maxsize})")
         items.append(envelope)
-        depth += 1
-        if depth > self.high_water:
-            self.high_water = depth
-        if depth >= self.maxsize:
-            self._space.clear()
-        self.on_put()
+        self._grown(depth + 1)
 
     def put_many(self, envelopes: list[Envelope]) -> None:
         """``put_nowait`` for a run of envelopes, all or none (``QueueFull``), in order: the
@@ -130,6 +125,10 @@ class Channel:
                 f"({len(items)} of {self.maxsize} taken)"
             )
         items.extend(envelopes)
+        self._grown(depth)
+
+    def _grown(self, depth: int) -> None:
+        """The channel grew to ``depth``: high water, no space once full, wake the reactor."""
         if depth > self.high_water:
             self.high_water = depth
         if depth >= self.maxsize:

@@ -675,14 +675,11 @@ class KafkaSource:
                             else:
                                 runner.offer_nowait(event, acks, key, partition, shallow)
                         except AccumulatorInputError as error:
-                            self._dead_letter(
-                                route, msg, error.reason, ack, accumulator=runner.name
-                            )
+                            self._refused(route, msg, error, ack, runner.name)
                     else:
                         await self._offer_many(route, msg, event, ack, key, partition, shallow)
                 except Exception as error:  # never drop a taken message silently
-                    log.exception("unexpected error handling a message", topic=topic, offset=offset)
-                    self._dead_letter(route, msg, f"unexpected error: {error!r}", ack)
+                    self._refused(route, msg, error, ack)
         finally:
             if run.messages:
                 self._deliver_run(route, batched, run, acks, current)
@@ -698,32 +695,42 @@ class KafkaSource:
         acks: tuple[Ack, ...],
         tp: TP | None,
     ) -> None:
-        """Deliver a batched route's run (``offer_many``); dead-letter what it refused.
-
-        A refused event is dead-lettered with its message (``AccumulatorInputError``: its
-        reason; anything else is a bug, logged with its traceback). An error of the
-        delivery itself is a bug too: it propagates and fails the fetch loop, with the
-        run's offsets never acknowledged (consumed again after a restart)."""
+        """Deliver a batched route's run (``offer_many``); dead-letter what it refused
+        (``_refused``). An error of the delivery itself is a bug: it propagates and fails
+        the fetch loop, with the run's offsets never acknowledged (consumed again after a
+        restart)."""
         assert route is not None and runner is not None and tp is not None
         try:
             refused = runner.offer_many(
                 run.events, run.shallows, run.keys if route.wants_key else None, acks, tp[1]
             )
             for index, error in refused:
-                msg = run.messages[index]
-                if isinstance(error, AccumulatorInputError):
-                    self._dead_letter(route, msg, error.reason, acks[0], accumulator=runner.name)
-                    continue
-                log.error(
-                    "unexpected error handling a message",
-                    topic=tp[0],
-                    partition=tp[1],
-                    offset=msg.offset(),
-                    exc_info=error,
-                )
-                self._dead_letter(route, msg, f"unexpected error: {error!r}", acks[0])
+                self._refused(route, run.messages[index], error, acks[0], runner.name)
         finally:
             run.clear()
+
+    def _refused(
+        self,
+        route: _Route,
+        msg: Message,
+        error: Exception,
+        ack: Callable[[], None],
+        accumulator: str | None = None,
+    ) -> None:
+        """Dead-letter a taken message that was not delivered: an ``AccumulatorInputError``
+        with its reason (and ``accumulator``); anything else is a bug, logged with its
+        traceback and dead-lettered as an unexpected error."""
+        if isinstance(error, AccumulatorInputError):
+            self._dead_letter(route, msg, error.reason, ack, accumulator=accumulator)
+            return
+        log.error(
+            "unexpected error handling a message",
+            topic=msg.topic(),
+            partition=msg.partition(),
+            offset=msg.offset(),
+            exc_info=error,
+        )
+        self._dead_letter(route, msg, f"unexpected error: {error!r}", ack)
 
     async def _offer_many(
         self,
