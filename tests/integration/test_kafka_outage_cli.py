@@ -1,9 +1,10 @@
 """The broker is away for longer than ``message.timeout.ms`` while results are in flight.
 
 Through ``headrace run`` (JSON logs) against a private broker that is killed and started
-again: deliveries time out (``_MSG_TIMED_OUT``) and are sent again with backoff while the
-inputs' offsets are held; once the broker is back every result reaches the output topic,
-nothing is dead-lettered, the group commits to the end, and SIGTERM exits 0.
+again while the worker is behind its input (a slow node), so results are in flight:
+deliveries time out (``_MSG_TIMED_OUT``) and are sent again with backoff while the inputs'
+offsets are held; once the broker is back every result reaches the output topic, nothing
+is dead-lettered, the group commits to the end, and SIGTERM exits 0.
 """
 
 from __future__ import annotations
@@ -28,12 +29,27 @@ from tests.integration.test_kafka_broker_restart import (  # noqa: F401 (fixture
     private_broker,
 )
 from tests.integration.test_worker_cli import WorkerProcess, workers  # noqa: F401 (fixture)
-from tests.integration.test_worker_group_cli import NODES, wait_until
+from tests.integration.test_worker_group_cli import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 
 MESSAGE_TIMEOUT_MS = 1500
 OUTAGE_SECONDS = 6.0  # four times message.timeout.ms
+NODE_SECONDS = 0.005
+"""The node's time per input: the worker keeps up with 200/s against a 300/s feed, so a
+backlog of fetched inputs is still being turned into results when the broker dies, and
+those results are in flight for the whole outage (a fast worker has almost none)."""
+
+NODES = f'''
+"""Node functions of the outage test config: one slow node, run off the event loop."""
+
+import time
+
+
+def signal(books):
+    time.sleep({NODE_SECONDS})
+    return {{"id": books["id"]}}
+'''
 
 CONFIG = """
 modules = [{ name = "hr_group_nodes", path = "." }]
@@ -68,7 +84,7 @@ strategy = "sequential"
 module = "hr_group_nodes"
 reactor = "books_rx"
 sinks = ["out"]
-topology = { signal = { inputs = ["books"] } }
+topology = { signal = { inputs = ["books"], thread = true } }
 
 [sinks.out]
 type = "kafka"
