@@ -8,9 +8,10 @@ On one topic of ~100-byte JSON order books it measures, in this one process:
     KafkaSink -> offsets committed;
 then produce->output latency (p50/p99) at a fixed rate, with the load generator and the
 output reader in a child process so they do not share this process's interpreter lock.
-CPU per message is this process's user+sys (every thread) over each timed window, divided
-by the messages. Uses $KAFKA_BOOTSTRAP_SERVERS, else starts a local broker with
-kafka-local.sh. The last line is ``engine/raw throughput ratio: X.XX``.
+(a) and (b) are timed from the 5% mark to the last message (start-up left out), and the
+figures are medians of --rounds. CPU per message is this process's user+sys (every thread)
+over each timed window, divided by the messages. Uses $KAFKA_BOOTSTRAP_SERVERS, else
+starts a local broker with kafka-local.sh. The last line is ``engine/raw throughput ratio: X.XX``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import multiprocessing
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -43,6 +45,8 @@ from tests.fixtures.kafka_broker import KAFKA_LOCAL, committed_offsets, create_t
 
 BATCH = 500
 PARTITIONS = 4
+LIBRDKAFKA_FETCH = {"fetch.queue.backoff.ms": 1000}
+"""librdkafka's own default, which KafkaSource lowers (see CONSUMER_DEFAULTS)."""
 
 
 def order_book(i: int, ts: int = 1_700_000_000_000_000_000) -> bytes:
@@ -124,23 +128,26 @@ Measured = tuple[float, float]  # msg/s, CPU seconds per message over the same w
 
 
 # -- (a) raw ------------------------------------------------------------------------------
-def raw_ceiling(bootstrap: str, topic: str, count: int) -> Measured:
-    consumer = Consumer(consumer_config(bootstrap))
+def raw_ceiling(
+    bootstrap: str, topic: str, count: int, warmup: int, overrides: dict[str, Any] | None = None
+) -> Measured:
+    """The window runs from the ``warmup``-th message to the ``count``-th, as in (b)."""
+    consumer = Consumer({**consumer_config(bootstrap), **(overrides or {})})
     consumer.subscribe([topic])
     loads = orjson.loads
-    seen = 0
+    seen = opened = 0
     started = cpu = 0.0
     try:
         while seen < count:
             messages = consumer.consume(BATCH, 0.1)
-            if not started and messages:
-                started, cpu = time.perf_counter(), cpu_seconds()
             for msg in messages:
                 if msg.error() is None:
                     loads(msg.value())
                     seen += 1
-        assert started
-        return count / (time.perf_counter() - started), (cpu_seconds() - cpu) / count
+            if not started and seen >= max(warmup, 1):
+                started, cpu, opened = time.perf_counter(), cpu_seconds(), seen
+        measured = seen - opened
+        return measured / (time.perf_counter() - started), (cpu_seconds() - cpu) / measured
     finally:
         consumer.close()
 
@@ -180,8 +187,9 @@ def declare(topic: str) -> None:
 
 
 async def engine_run(
-    bootstrap: str, topic: str, count: int, profile: str | None = None
+    bootstrap: str, topic: str, count: int, warmup: int, profile: str | None = None
 ) -> tuple[Measured, bool]:
+    """The window runs from the ``warmup``-th delivered output to the ``count``-th."""
     declare(topic)
     output = create_topic(bootstrap, f"bench-out-{uuid.uuid4().hex[:8]}", PARTITIONS)
     group = f"bench-engine-{uuid.uuid4().hex[:8]}"
@@ -191,9 +199,9 @@ async def engine_run(
     await runtime.start()
     profiler = None
     try:
-        while source.stats["messages"] == 0:
+        while sink.producer.delivered < warmup:
             await asyncio.sleep(0.001)
-        started, cpu = time.perf_counter(), cpu_seconds()
+        started, cpu, opened = time.perf_counter(), cpu_seconds(), sink.producer.delivered
         if profile:
             from pyinstrument import Profiler
 
@@ -201,8 +209,9 @@ async def engine_run(
             profiler.start()
         while sink.producer.delivered < count:
             await asyncio.sleep(0.002)
-        rate = count / (time.perf_counter() - started)
-        cpu_per_msg = (cpu_seconds() - cpu) / count
+        measured = sink.producer.delivered - opened
+        rate = measured / (time.perf_counter() - started)
+        cpu_per_msg = (cpu_seconds() - cpu) / measured
         if profiler is not None:
             profiler.stop()
             with open(profile, "w") as file:
@@ -368,7 +377,13 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=5_000, help="latency phase msgs/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="latency phase length")
     parser.add_argument("--warmup", type=float, default=5.0, help="latency warm-up, not counted")
-    parser.add_argument("--rounds", type=int, default=2, help="best of N for (a) and (b)")
+    parser.add_argument("--rounds", type=int, default=3, help="median of N for (a) and (b)")
+    parser.add_argument(
+        "--window-from",
+        type=float,
+        default=0.05,
+        help="(a) and (b) are timed from this fraction of the messages on (start-up excluded)",
+    )
     parser.add_argument("--profile", help="write a pyinstrument profile of (b) here")
     parser.add_argument(
         "--no-gc-freeze", action="store_true", help="leave the startup heap in the collector"
@@ -391,22 +406,27 @@ def main() -> int:
         if not args.no_gc_freeze:
             gc.collect()
             gc.freeze()
+        warmup = int(args.messages * args.window_from)
         raws: list[Measured] = []
+        stalled: list[Measured] = []
         engines: list[Measured] = []
         committed = True
         for round_ in range(args.rounds):
-            raws.append(raw_ceiling(bootstrap, topic, args.messages))
+            raws.append(raw_ceiling(bootstrap, topic, args.messages, warmup))
+            stalled.append(raw_ceiling(bootstrap, topic, args.messages, warmup, LIBRDKAFKA_FETCH))
             profile = args.profile if round_ == 0 else None
-            measured, ok = asyncio.run(engine_run(bootstrap, topic, args.messages, profile))
+            measured, ok = asyncio.run(engine_run(bootstrap, topic, args.messages, warmup, profile))
             engines.append(measured)
             committed = committed and ok
             print(
                 f"round {round_ + 1}: raw {raws[-1][0]:,.0f} msg/s, "
-                f"{raws[-1][1] * 1e6:.1f} µs CPU/msg; engine {engines[-1][0]:,.0f} msg/s, "
+                f"{raws[-1][1] * 1e6:.1f} µs CPU/msg (librdkafka's fetch backoff: "
+                f"{stalled[-1][0]:,.0f} msg/s); engine {engines[-1][0]:,.0f} msg/s, "
                 f"{engines[-1][1] * 1e6:.1f} µs CPU/msg"
             )
-        raw, engine = max(r for r, _ in raws), max(r for r, _ in engines)
-        raw_cpu, engine_cpu = min(c for _, c in raws), min(c for _, c in engines)
+        raw, engine = (statistics.median(r for r, _ in runs) for runs in (raws, engines))
+        raw_cpu, engine_cpu = (statistics.median(c for _, c in runs) for runs in (raws, engines))
+        raw_stalled = statistics.median(r for r, _ in stalled)
         latency = {
             partitions: asyncio.run(
                 latency_run(bootstrap, partitions, args.rate, args.warmup, args.seconds)
@@ -415,13 +435,18 @@ def main() -> int:
         }
     frozen = "off" if args.no_gc_freeze else "startup heap frozen"
     print(f"gc: {frozen}; consumer settings of KafkaSource for both (a) and (b)")
-    print(f"(a) raw consume+decode ceiling: {raw:,.0f} msg/s (best of {args.rounds})")
+    window = f"median of {args.rounds}; window from output {warmup:,} to {args.messages:,}"
+    print(f"(a) raw consume+decode ceiling: {raw:,.0f} msg/s ({window})")
     print(
-        f"(b) engine end to end:          {engine:,.0f} msg/s (best of {args.rounds}); "
+        f"    the same loop with librdkafka's fetch.queue.backoff.ms (1000 ms): "
+        f"{raw_stalled:,.0f} msg/s"
+    )
+    print(
+        f"(b) engine end to end:          {engine:,.0f} msg/s ({window}); "
         f"offsets committed to the end: {committed}"
     )
     print(
-        f"CPU per message (user+sys, all threads, timed window; least of {args.rounds}): "
+        f"CPU per message (user+sys, all threads, timed window; median of {args.rounds}): "
         f"raw {raw_cpu * 1e6:.1f} µs, engine {engine_cpu * 1e6:.1f} µs, "
         f"engine/raw {engine_cpu / raw_cpu:.1f}x"
     )

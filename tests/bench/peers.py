@@ -254,7 +254,15 @@ class Launch:
     committed: Callable[[], tuple[bool, str]] | None = None  # None: the consumer group
 
 
-def headrace_toml(bootstrap: str, topic: str, output: str, group: str, state: Path) -> str:
+def headrace_toml(
+    bootstrap: str,
+    topic: str,
+    output: str,
+    group: str,
+    state: Path,
+    consumer_config: dict[str, Any],
+) -> str:
+    consumer = "".join(f"{json.dumps(k)} = {json.dumps(v)}\n" for k, v in consumer_config.items())
     return textwrap.dedent(
         f"""\
         modules = ["tests.bench.peer_apps.headrace_app"]
@@ -285,7 +293,7 @@ def headrace_toml(bootstrap: str, topic: str, output: str, group: str, state: Pa
         type = "kafka"
         topic = "{output}"
         """
-    )
+    ) + (f"\n[worker.consumer]\n{consumer}" if consumer else "")
 
 
 class Bench:
@@ -326,6 +334,7 @@ class Bench:
             "BENCH_STATE": str(state),
             "BENCH_COMMIT_INTERVAL": str(COMMIT_INTERVAL),
             "BENCH_WARMUP": str(self.warmup),
+            "BENCH_CONSUMER_CONFIG": json.dumps(self.args.consumer_config),
         }
         python = sys.executable
         if system in PEERS:
@@ -339,7 +348,11 @@ class Bench:
             return Launch([python, str(APPS / "raw_pipe.py")], env)
         if system == "headrace":
             config = state / "bench.toml"
-            config.write_text(headrace_toml(self.bootstrap, self.topic, output, group, state))
+            config.write_text(
+                headrace_toml(
+                    self.bootstrap, self.topic, output, group, state, self.args.consumer_config
+                )
+            )
             headrace = Path(sys.executable).with_name("headrace")
             command = [str(headrace)] if headrace.exists() else [python, "-m", "headrace"]
             return Launch([*command, "run", str(config)], {**env, "PYTHONPATH": str(REPO)})
@@ -638,6 +651,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.05,
         help="the timed window opens once this fraction of N is out (start-up excluded)",
     )
+    parser.add_argument(
+        "--consumer-config",
+        type=json.loads,
+        default={},
+        help="JSON librdkafka settings for every librdkafka consumer (not faust's aiokafka), "
+        "e.g. '{\"fetch.queue.backoff.ms\": 20}'; default: each system's own defaults",
+    )
     args = parser.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(args.systems) - set(SYSTEMS)
@@ -663,6 +683,8 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.2f}, "
         f"Python {sys.version.split()[0]}"
     )
+    same = json.dumps(args.consumer_config) if args.consumer_config else "none (own defaults)"
+    print(f"consumer settings given to every librdkafka-based system: {same}")
     with broker() as bootstrap, pre_produced(bootstrap, args) as topic:
         print(f"broker: {bootstrap}")
         bench = Bench(args, bootstrap, topic)

@@ -156,3 +156,19 @@ def test_profile_samples_go_to_the_innermost_headrace_frame_and_waits_are_droppe
         (10, "MainThread", "event loop (asyncio scheduling, selector, no Headrace frame)"): 2,
     }
     assert profile.hot_lines(stacks)[0] == ("connectors/kafka/source.py:367 KafkaSource._handle", 5)
+
+
+def test_the_headrace_worker_config_carries_the_shared_consumer_settings(tmp_path: Path) -> None:
+    """--consumer-config reaches Headrace's worker as [worker.consumer]; none, no table."""
+    import tomllib
+
+    from headrace.engine.config.schema import WorkerConfig
+    from tests.bench.peers import headrace_toml
+
+    shared = {"fetch.queue.backoff.ms": 20}
+    parsed = tomllib.loads(headrace_toml("b:9092", "in", "out", "g", tmp_path, shared))
+    assert WorkerConfig(**parsed["worker"]).consumer_config()["fetch.queue.backoff.ms"] == 20
+    assert (
+        "consumer"
+        not in tomllib.loads(headrace_toml("b", "in", "out", "g", tmp_path, {}))["worker"]
+    )

@@ -38,6 +38,7 @@ source = kop.input(
     brokers=[run.bootstrap],
     topics=[run.input_topic],
     starting_offset=OFFSET_BEGINNING,
+    add_config={key: str(value) for key, value in run.consumer_config.items()} or None,
 )
 signals = op.filter_map("signal", source.oks, process)
 kop.output("out", signals, brokers=[run.bootstrap], topic=run.output_topic)

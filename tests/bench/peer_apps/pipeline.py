@@ -6,8 +6,9 @@ parameters from the environment the orchestrator, ``tests/bench/peers.py``, sets
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -42,6 +43,8 @@ class Settings:
     count: int
     state_dir: str
     commit_interval: float
+    consumer_config: dict[str, Any] = field(default_factory=dict)
+    """librdkafka settings every librdkafka-based system adds to its consumer's."""
 
 
 def settings() -> Settings:
@@ -54,4 +57,5 @@ def settings() -> Settings:
         count=int(env.get("BENCH_COUNT", "0")),
         state_dir=env.get("BENCH_STATE", "."),
         commit_interval=float(env.get("BENCH_COMMIT_INTERVAL", "1.0")),
+        consumer_config=json.loads(env.get("BENCH_CONSUMER_CONFIG") or "{}"),
     )

@@ -20,6 +20,7 @@ def main() -> None:
         commit_interval=run.commit_interval,
         state_dir=os.path.join(run.state_dir, "quix-state"),
         loglevel="WARNING",
+        consumer_extra_config=run.consumer_config or None,
     )
     source = app.topic(run.input_topic, value_deserializer="json")
     output = app.topic(run.output_topic, value_serializer="json")

@@ -34,6 +34,7 @@ def main() -> int:
             "group.id": run.group,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            **run.consumer_config,
         }
     )
     consumer.subscribe([run.input_topic])

@@ -33,6 +33,7 @@ def main() -> int:
             "group.id": run.group,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            **run.consumer_config,
         }
     )
     # Headrace's producer defaults (acks=all, idempotent), so both confirm the same way.

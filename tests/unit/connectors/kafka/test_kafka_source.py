@@ -388,3 +388,11 @@ async def test_the_depth_limit_holds_with_and_without_the_bracket_shortcut(
     assert "nested more than 64 levels" in letters.letters[0].reason
     assert letters.letters[0].accumulator == "s"
     assert [out["run"] for out in sink.outputs("g")] == [json.loads(deep_ok), json.loads(flat)]
+
+
+def test_the_fetcher_backs_off_briefly_when_the_prefetch_queue_is_full() -> None:
+    """librdkafka's 1000 ms backoff idled a consumer that drained its queue faster than
+    that; the source's default is short, and a user's consumer_config still wins."""
+    assert KafkaSource("b:9092", "g").config["fetch.queue.backoff.ms"] == 20
+    chosen = KafkaSource("b:9092", "g", consumer_config={"fetch.queue.backoff.ms": 500})
+    assert chosen.config["fetch.queue.backoff.ms"] == 500
