@@ -29,7 +29,7 @@ import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from headrace.accumulators.channel import Envelope, OnceAck
-from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER, DeliveryProducer
+from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER, READ_AHEAD, DeliveryProducer
 
 if TYPE_CHECKING:
     from headrace.connectors.kafka.transactions import TransactionCoordinator
@@ -238,6 +238,7 @@ def read_partition(
     consumer = Consumer(
         {
             "logger": LIBRDKAFKA_LOGGER,
+            **READ_AHEAD,
             **(config or {}),
             "bootstrap.servers": bootstrap_servers,
             "group.id": f"{topic}.restore",  # never joined: assign() only, nothing committed

@@ -24,7 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 
 from headrace.accumulators.runners import TableRunner
 from headrace.accumulators.spec import AccumulatorInputError
-from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER
+from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER, READ_AHEAD
 
 if TYPE_CHECKING:
     from headrace.engine.runtime import Runtime
@@ -91,6 +91,7 @@ class GlobalTables:
         consumer = Consumer(
             {
                 "logger": LIBRDKAFKA_LOGGER,
+                **READ_AHEAD,
                 **self.client_config,
                 "bootstrap.servers": self.bootstrap_servers,
                 "group.id": "headrace-global-tables",  # never joined: assign() only

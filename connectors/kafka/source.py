@@ -51,7 +51,7 @@ from headrace.connectors.kafka.flow import (
 from headrace.connectors.kafka.global_table import GlobalTables, split_tables
 from headrace.connectors.kafka.keyed_changelogs import KeyedChangelogs, client_settings
 from headrace.connectors.kafka.offsets import OffsetRange, OffsetTracker, PartitionOffsets
-from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER, ErrorLog
+from headrace.connectors.kafka.producer import LIBRDKAFKA_LOGGER, READ_AHEAD, ErrorLog
 from headrace.connectors.kafka.transactions import check_guarantee
 
 if TYPE_CHECKING:
@@ -67,11 +67,7 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     # A fetch the broker holds open delays everything behind it on that connection,
     # including the fetch that follows a resume: keep the long poll short.
     "fetch.wait.max.ms": 100,
-    # Once the prefetch queue holds queued.min.messages, librdkafka waits this long before
-    # it fetches again; its default (1000 ms) let a consumer that drains 100k messages in
-    # less than a second sit idle for the rest of it (a backlog read at 150k instead of
-    # 700k msg/s by the raw loop of tests/bench). The queue bounds stay as they are.
-    "fetch.queue.backoff.ms": 20,
+    **READ_AHEAD,
 }
 FORCED: dict[str, Any] = {"enable.auto.commit": False, "enable.auto.offset.store": False}
 PREVIEW_BYTES = 1024

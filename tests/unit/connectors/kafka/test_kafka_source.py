@@ -396,3 +396,30 @@ def test_the_fetcher_backs_off_briefly_when_the_prefetch_queue_is_full() -> None
     assert KafkaSource("b:9092", "g").config["fetch.queue.backoff.ms"] == 20
     chosen = KafkaSource("b:9092", "g", consumer_config={"fetch.queue.backoff.ms": 500})
     assert chosen.config["fetch.queue.backoff.ms"] == 500
+
+
+class _Refused(Exception):
+    """Raised by the recording consumer below once it has its settings."""
+
+
+def test_changelog_restores_and_global_tables_read_ahead_like_sources(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both read a topic from its start, the backlog case the long backoff idled."""
+    from headrace.connectors.kafka import changelog, global_table
+
+    seen: list[dict[str, Any]] = []
+
+    def recording(config: dict[str, Any]) -> Any:
+        seen.append(config)
+        raise _Refused
+
+    monkeypatch.setattr(changelog, "Consumer", recording)
+    monkeypatch.setattr(global_table, "Consumer", recording)
+    with pytest.raises(_Refused):
+        changelog.read_partition("b:9092", "t.changelog", 0)
+    with pytest.raises(_Refused):
+        changelog.read_partition("b:9092", "t.changelog", 0, config={"fetch.queue.backoff.ms": 7})
+    with pytest.raises(_Refused):
+        global_table.GlobalTables("b:9092")._open()
+    assert [c["fetch.queue.backoff.ms"] for c in seen] == [20, 7, 20]
