@@ -45,6 +45,8 @@ from tests.fixtures.kafka_broker import KAFKA_LOCAL, committed_offsets, create_t
 
 BATCH = 500
 PARTITIONS = 4
+WINDOW_FROM = 0.05
+"""Every benchmark's timed window opens at this fraction of its messages (start-up left out)."""
 LIBRDKAFKA_FETCH = {"fetch.queue.backoff.ms": 1000}
 """librdkafka's own default, which KafkaSource lowers (see CONSUMER_DEFAULTS)."""
 
@@ -381,7 +383,7 @@ def main() -> int:
     parser.add_argument(
         "--window-from",
         type=float,
-        default=0.05,
+        default=WINDOW_FROM,
         help="(a) and (b) are timed from this fraction of the messages on (start-up excluded)",
     )
     parser.add_argument("--profile", help="write a pyinstrument profile of (b) here")

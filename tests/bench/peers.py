@@ -51,7 +51,7 @@ import orjson
 import psutil
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from tests.bench.kafka_throughput import broker, fill, order_book
+from tests.bench.kafka_throughput import WINDOW_FROM, broker, fill, order_book
 from tests.bench.peer_venvs import (
     REPO,
     REQUIREMENTS,
@@ -648,7 +648,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--warmup",
         type=float,
-        default=0.05,
+        default=WINDOW_FROM,
         help="the timed window opens once this fraction of N is out (start-up excluded)",
     )
     parser.add_argument(
