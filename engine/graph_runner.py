@@ -29,6 +29,7 @@ from headrace.engine.errors import GraphHalted, NodeExecutionError, SinkFailed
 from headrace.engine.graph.builder import ComputationGraph, OnError
 from headrace.engine.observers import ExecutionBatch, ExecutionRecord, Observers
 from headrace.reactors import Fire
+from headrace.reactors.policy import settle_fires
 
 log = structlog.get_logger("headrace.graphs")
 
@@ -232,27 +233,31 @@ class GraphRunner:
         clock = time.perf_counter
         run = _ResultRun()
         run_began = 0.0  # when the first result of the run was begun
+        ended = clock()  # one clock per fire: a fire begins where the one before ended
         try:
             for fire in fires:
-                begun = clock()
+                begun = ended
                 try:
                     outputs = run_sync(fire.inputs, fire.key)
                 except Exception as error:
                     await self._submit_run(sink, group, run, numbers, durations)
                     await self.run(fire, first_failure=(error, begun))
                     fire.settle()
+                    ended = clock()
                     continue
+                ended = clock()
                 if outputs:
                     if not run.fires:
                         run_began = begun
                     run.fires.append(fire)
                     run.results.append(outputs)
-                    run.durations.append(clock() - begun)
+                    run.durations.append(ended - begun)
                     if begun - run_began >= MAX_RUN_AGE:
                         await self._submit_run(sink, group, run, numbers, durations)
+                        ended = clock()
                 else:
                     numbers.append(fire.number)
-                    durations.append(clock() - begun)
+                    durations.append(ended - begun)
                     fire.settle()
             await self._submit_run(sink, group, run, numbers, durations)
         finally:
@@ -323,8 +328,7 @@ class GraphRunner:
     ) -> None:
         """A batch's group is durable: release its fires; a failed result is sent again
         (or dead-lettered) before its fire is released, as ``_durable`` does for one."""
-        for fire, _ in delivered:
-            fire.settle()
+        settle_fires(fire for fire, _ in delivered)
         for (fire, outputs), error in failed:
             self._durable(fire, sink, outputs, fire.settle, error)
 

@@ -175,11 +175,21 @@ class ReactorLoop:
     def _fires(self, channel: Channel, envelopes: list[Envelope]) -> Iterator[Fire]:
         """One fire per envelope, made as the handler asks for it; once the reactor pauses
         (or stops without draining) the rest go back to the front of the channel."""
+        policy = self.policy
+        only = policy.only
         for index, envelope in enumerate(envelopes):
             if self._paused:
                 channel.put_back(envelopes[index:])
                 return
-            yield self.policy.fire_with(envelope)
+            if only is None:
+                yield policy.fire_with(envelope)
+                continue
+            # fire_with for one accumulator, inlined (once per message): the snapshot is
+            # the value itself
+            value = envelope.value
+            policy.cache[only] = value
+            policy.fires += 1
+            yield Fire(policy.fires, {only: value}, [envelope])
 
     def _start_next_fire(self) -> None:
         fire = self._next_fire()

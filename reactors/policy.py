@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, KeysView
+from collections.abc import Callable, Iterable, KeysView
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,16 @@ class Fire:
                     ack()
 
 
+def settle_fires(fires: Iterable[Fire]) -> None:
+    """``Fire.settle`` of each fire, in order (one call per batch, not per fire)."""
+    for fire in fires:
+        fire.holds -= 1
+        if fire.holds == 0:
+            for envelope in fire.envelopes:
+                for ack in envelope.acks:
+                    ack()
+
+
 class FiringPolicy:
     """Applies deliveries to the input cache and decides when and with what to fire.
 
@@ -49,7 +59,8 @@ class FiringPolicy:
 
     def __init__(self, spec: ReactorSpec) -> None:
         self.spec = spec
-        self._only: str | None = spec.accumulators[0] if len(spec.accumulators) == 1 else None
+        self.only: str | None = spec.accumulators[0] if len(spec.accumulators) == 1 else None
+        """The reactor's accumulator when it has just one (a fire's snapshot is its value)."""
         self.cache: dict[str, Any] = {}
         self._unfired: dict[str, Envelope] = {}
         self.fires = 0
@@ -93,8 +104,8 @@ class FiringPolicy:
         """Start a ``sequential`` fire for exactly this envelope."""
         self.cache[envelope.accumulator] = envelope.value
         self.fires += 1
-        if self._only is not None:  # one accumulator: the snapshot is this value
-            return Fire(self.fires, {self._only: envelope.value}, [envelope])
+        if self.only is not None:  # one accumulator: the snapshot is this value
+            return Fire(self.fires, {self.only: envelope.value}, [envelope])
         return Fire(self.fires, self.snapshot(), [envelope])
 
     def unfired(self) -> list[Envelope]:

@@ -215,8 +215,13 @@ class ReportGroup:
         counted at once (the poll wakes waiting writers after); a flush on another thread
         hands it to the loop."""
         deliveries = self._deliveries
-        if deliveries.polling_on_loop:
-            self._count(error, msg, False)
+        if deliveries.polling_on_loop:  # _count(error, msg, False), inlined: once per message
+            deliveries.in_flight -= 1
+            self._reported += 1
+            if error is not None:
+                self._failures.append((error, msg))
+            if self._sealed and self._reported == len(self.values):
+                self._finish()
         elif deliveries.loop is not None:
             with contextlib.suppress(RuntimeError):  # loop closed: nobody waits any more
                 deliveries.loop.call_soon_threadsafe(self._count, error, msg, True)

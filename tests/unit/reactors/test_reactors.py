@@ -19,6 +19,7 @@ from headrace.reactors import (
     reactor_name_of,
 )
 from headrace.reactors.declaration import make_reactor_spec
+from headrace.reactors.policy import Fire, settle_fires
 from tests.unit.support import Gate, wait_until
 
 # -- declaration ---------------------------------------------------------------------------
@@ -123,6 +124,19 @@ def test_latest_supersedes_unfired_values_and_settles_them():
     assert settled == [1]  # the fire settles its own envelopes when it finished
     fire.settle()
     assert settled == [1, 2]
+
+
+def test_settle_fires_releases_one_hold_each_and_settles_only_unheld_fires():
+    settled: list[str] = []
+    free, held = (
+        Fire(n, {}, [Envelope("a", n, acks=(lambda n=n: settled.append(f"fire {n}"),))])
+        for n in (1, 2)
+    )
+    held.hold()  # a second sink still has this one's results in flight
+    settle_fires([free, held])
+    assert settled == ["fire 1"] and held.holds == 1
+    settle_fires([held])
+    assert settled == ["fire 1", "fire 2"] and held.holds == 0
 
 
 def test_sequential_fire_with_applies_exactly_that_envelope():
