@@ -96,6 +96,7 @@ class _Route:
         "max_batch_events",
         "max_depth",
         "runners",
+        "shallow_bytes",
         "topic",
         "wants_key",
     )
@@ -119,6 +120,9 @@ class _Route:
         self.max_depth = min((r.spec.max_depth for r in runners), default=0)
         """The lowest depth limit of the runners (a message with no more brackets than
         this is within every runner's limit)."""
+        self.shallow_bytes = 2 * self.max_depth + 1
+        """The longest JSON document that cannot be nested deeper than ``max_depth``: each
+        level takes an opening and a closing bracket. Shorter ones skip the count."""
         self.capacity = min(
             min((c.maxsize for c in r.channels), default=1 << 30)
             if not isinstance(r, BatchRunner)
@@ -569,7 +573,7 @@ class KafkaSource:
         run = _Run()
         batched: AccumulatorRunner | None = None  # the current route's, if batched
         own_ranges = False  # each message a range of its own (async route, exactly-once)
-        max_depth = 0  # the current route's
+        max_depth = shallow_bytes = 0  # the current route's
         wants_key = False
         add_message, add_event, add_shallow, add_key = (
             run.messages.append,
@@ -596,6 +600,7 @@ class KafkaSource:
                     if route is not None:
                         own_ranges = route.is_async or exactly_once
                         max_depth, wants_key = route.max_depth, route.wants_key
+                        shallow_bytes = route.shallow_bytes
                     skip = route is None or current not in assigned
                     state = None if skip else self.tracker.partition(current)
                     left = 0 if state is None else cap - state.in_flight
@@ -647,8 +652,9 @@ class KafkaSource:
                     if value is None:
                         self._dead_letter(route, msg, "null value", ack)
                         continue
-                    if len(value) > limit:
-                        reason = f"value of {len(value)} bytes exceeds max_message_bytes={limit}"
+                    size = len(value)
+                    if size > limit:
+                        reason = f"value of {size} bytes exceeds max_message_bytes={limit}"
                         self._dead_letter(route, msg, reason, ack, value[:PREVIEW_BYTES])
                         continue
                     try:
@@ -658,7 +664,9 @@ class KafkaSource:
                         continue
                     # Every level of nesting opens with { or [: this few is never too deep
                     # (brackets inside strings only overcount), so no walk over the event.
-                    shallow = value.count(b"{") + value.count(b"[") <= max_depth
+                    shallow = (
+                        size <= shallow_bytes or value.count(b"{") + value.count(b"[") <= max_depth
+                    )
                     if batched is not None:
                         add_message(msg)
                         add_event(event)

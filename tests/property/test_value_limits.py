@@ -70,3 +70,25 @@ def test_few_enough_brackets_in_the_json_is_never_too_deep(
     raw = orjson.dumps(value)
     if raw.count(b"{") + raw.count(b"[") <= limit:
         assert nesting_depth(orjson.loads(raw), limit) <= limit
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    json_values,
+    st.integers(min_value=0, max_value=70),
+    st.integers(min_value=0, max_value=80),
+    st.sampled_from([b"", b" ", b"   "]),
+)
+def test_a_json_document_short_enough_is_never_too_deep(
+    value: Any, wrap: int, limit: int, padding: bytes
+) -> None:
+    """The Kafka source skips even the bracket count for a message of at most
+    ``2 * limit + 1`` bytes: every level of nesting takes two bytes, so the parsed value is
+    never deeper than the limit (whitespace only makes a document longer)."""
+    for _ in range(wrap):
+        value = [value]
+    raw = orjson.dumps(value).replace(b",", b"," + padding)
+    depth = nesting_depth(orjson.loads(raw), 10_000)
+    assert 2 * depth <= len(raw)
+    if len(raw) <= 2 * limit + 1:
+        assert depth <= limit

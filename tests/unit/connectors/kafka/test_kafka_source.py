@@ -373,7 +373,9 @@ async def test_the_depth_limit_holds_with_and_without_the_bracket_shortcut(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Depth 64 passes, 65 is dead-lettered naming the accumulator and the limit; brackets
-    inside strings (more than 64, so the walk runs) do not make a flat event too deep."""
+    inside strings (more than 64, so the walk runs) do not make a flat event too deep. The
+    depth-64 document is 128 bytes (short enough to skip the count: at most 2 * 64 + 1), the
+    depth-65 one 130 (counted), so an off-by-one in either shortcut fails here."""
     declare()
     letters, sink = SlowDeadLetters(), MemorySink()
     letters.open.set()
