@@ -583,6 +583,24 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a and b else "n/a"
 
 
+def run_by_run(results: dict[str, list[Result]], system: str, peer: str) -> list[float]:
+    """``system``'s msg/s over ``peer``'s in each run that both finished. The systems take
+    turns within a run, so a slow stretch of the VM weighs on both sides of a ratio."""
+    pairs = zip(results.get(system, []), results.get(peer, []), strict=False)  # a peer not run: []
+    return [a.rate / b.rate for a, b in pairs if not a.error and not b.error and b.rate]
+
+
+def run_by_run_line(results: dict[str, list[Result]], system: str, peers: list[str]) -> str:
+    """One line of ``run_by_run`` ratios against each of ``peers`` (empty: none finished)."""
+    parts = []
+    for peer in peers:
+        ratios = run_by_run(results, system, peer)
+        if ratios:
+            each = " ".join(f"{r:.2f}" for r in ratios)
+            parts.append(f"Headrace/{peer} {each} (median {statistics.median(ratios):.2f})")
+    return "run by run: " + "; ".join(parts) if parts else ""
+
+
 def report(results: dict[str, list[Result]], runs: int) -> list[str]:
     lines = [
         f"{'system':<10} {'msg/s':>9} {'CPU µs/msg':>10} {'peak RSS':>9} "
@@ -634,6 +652,9 @@ def report(results: dict[str, list[Result]], runs: int) -> list[str]:
         f"(ceiling), {ratio(cpus.get('headrace'), cpus.get('raw-pipe'))} (consume->produce)",
         f"(medians of {runs} run{'s' if runs > 1 else ''} per system)",
     ]
+    if runs > 1:
+        line = run_by_run_line(results, "headrace", ["quix", "bytewax"])
+        lines += [line] if line else []
     return lines
 
 
