@@ -96,7 +96,6 @@ class _Route:
         "max_batch_events",
         "max_depth",
         "runners",
-        "shallow_bytes",
         "topic",
         "wants_key",
     )
@@ -120,9 +119,6 @@ class _Route:
         self.max_depth = min((r.spec.max_depth for r in runners), default=0)
         """The lowest depth limit of the runners (a message with no more brackets than
         this is within every runner's limit)."""
-        self.shallow_bytes = 2 * self.max_depth + 1
-        """The longest JSON document that cannot be nested deeper than ``max_depth``: each
-        level takes an opening and a closing bracket. Shorter ones skip the count."""
         self.capacity = min(
             min((c.maxsize for c in r.channels), default=1 << 30)
             if not isinstance(r, BatchRunner)
@@ -600,7 +596,9 @@ class KafkaSource:
                     if route is not None:
                         own_ranges = route.is_async or exactly_once
                         max_depth, wants_key = route.max_depth, route.wants_key
-                        shallow_bytes = route.shallow_bytes
+                        # the longest document that cannot be nested deeper than max_depth
+                        # (each level takes an opening and a closing bracket)
+                        shallow_bytes = 2 * max_depth + 1
                     skip = route is None or current not in assigned
                     state = None if skip else self.tracker.partition(current)
                     left = 0 if state is None else cap - state.in_flight

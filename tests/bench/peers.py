@@ -590,11 +590,11 @@ def run_by_run(results: dict[str, list[Result]], system: str, peer: str) -> list
     return [a.rate / b.rate for a, b in pairs if not a.error and not b.error and b.rate]
 
 
-def run_by_run_line(results: dict[str, list[Result]], system: str, peers: list[str]) -> str:
-    """One line of ``run_by_run`` ratios against each of ``peers`` (empty: none finished)."""
+def run_by_run_line(results: dict[str, list[Result]], peers: list[str]) -> str:
+    """Headrace's ``run_by_run`` ratios against each of ``peers`` (empty: none finished)."""
     parts = []
     for peer in peers:
-        ratios = run_by_run(results, system, peer)
+        ratios = run_by_run(results, "headrace", peer)
         if ratios:
             each = " ".join(f"{r:.2f}" for r in ratios)
             parts.append(f"Headrace/{peer} {each} (median {statistics.median(ratios):.2f})")
@@ -653,7 +653,7 @@ def report(results: dict[str, list[Result]], runs: int) -> list[str]:
         f"(medians of {runs} run{'s' if runs > 1 else ''} per system)",
     ]
     if runs > 1:
-        line = run_by_run_line(results, "headrace", ["quix", "bytewax"])
+        line = run_by_run_line(results, ["quix", "bytewax"])
         lines += [line] if line else []
     return lines
 

@@ -27,11 +27,11 @@ def test_the_report_prints_each_ratio_and_their_median_only_for_several_runs() -
         "quix": rows("quix", [60.0, 80.0, 50.0]),
         "bytewax": rows("bytewax", [100.0, 100.0, 100.0]),
     }
-    line = run_by_run_line(results, "headrace", ["quix", "bytewax"])
+    line = run_by_run_line(results, ["quix", "bytewax"])
     assert line == (
         "run by run: Headrace/quix 2.00 1.00 3.00 (median 2.00); "
         "Headrace/bytewax 1.20 0.80 1.50 (median 1.20)"
     )
     assert report(results, 3)[-1] == line
     assert not any(text.startswith("run by run") for text in report(results, 1))
-    assert run_by_run_line({"headrace": rows("headrace", [1.0])}, "headrace", ["quix"]) == ""
+    assert run_by_run_line({"headrace": rows("headrace", [1.0])}, ["quix"]) == ""
